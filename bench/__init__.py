@@ -1,0 +1,1 @@
+"""`python -m bench`: nurture's throughput, latency and footprint figures as one JSON document."""

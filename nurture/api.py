@@ -1,0 +1,280 @@
+"""The HTTP API (contract section 6): thin routes over `nurture.service`.
+
+Bad input always gets a 4xx JSON error naming the field, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nurture import journey, pages, security, webhooks
+from nurture.config import Settings
+from nurture.service import LeadIn, NotFound, Nurture, UserError
+from nurture.temporal import TemporalUnavailable
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 1 << 20  # 1 MiB for the /v1 API
+MAX_WEBHOOK_BODY = 16 << 20  # SendGrid batches run to thousands of events
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+# ---------------------------------------------------------------- bodies
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class LeadBody(_Body):
+    email: str = Field(max_length=254)
+    first_name: str | None = Field(default=None, max_length=200)
+    last_name: str | None = Field(default=None, max_length=200)
+    company: str | None = Field(default=None, max_length=200)
+    job_title: str | None = Field(default=None, max_length=200)
+    company_size: int | None = Field(default=None, ge=0, le=10_000_000)
+    country: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")
+    timezone: str | None = Field(default=None, max_length=64)
+    locale: str | None = Field(default=None, max_length=16)
+    source: str | None = Field(default=None, max_length=100)
+    anonymous_id: str | None = Field(default=None, max_length=200)
+    attributes: dict[str, str | int | float | bool | None] = {}
+    consent: bool | None = None
+    consent_at: datetime | None = None
+    campaign: str | None = Field(default=None, max_length=100)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return security.normalise_email(value)
+
+
+class EventBody(_Body):
+    email: str | None = Field(default=None, max_length=254)
+    anonymous_id: str | None = Field(default=None, max_length=200)
+    type: str = Field(pattern=journey.EVENT_TYPE.pattern)
+    id: str | None = Field(default=None, max_length=200)
+    url: str | None = Field(default=None, max_length=2000)
+    asset: str | None = Field(default=None, max_length=500)
+    form: str | None = Field(default=None, max_length=200)
+    event: str | None = Field(default=None, max_length=200)
+    campaign: str | None = Field(default=None, max_length=100)
+    step: str | None = Field(default=None, max_length=100)
+    at: datetime | None = None
+    # An open reported by a privacy proxy (Apple Mail Privacy Protection and the like):
+    # stored with the lead's events, never scored.
+    machine_open: bool = False
+    bant: dict[Literal["budget", "authority", "need", "timing"], bool | None] | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        return None if value is None else security.normalise_email(value)
+
+    @field_validator("at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("needs a time zone (e.g. 2026-11-23T09:30:00Z)")
+        # Checked before any conversion: 0001-01-01T00:00+01:00 cannot even become UTC.
+        if not 1970 < value.year < 3000:
+            raise ValueError("must be between 1971 and 2999")
+        return value
+
+
+class BantBody(_Body):
+    budget: bool | None = None
+    authority: bool | None = None
+    need: bool | None = None
+    timing: bool | None = None
+
+
+class ReasonBody(_Body):
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+# ---------------------------------------------------------------- dependencies
+
+
+def get_nurture(request: Request) -> Nurture:
+    return request.app.state.nurture
+
+
+def require_key(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Bearer API key, compared in constant time; no keys configured: writes refused."""
+    keys = request.app.state.settings.api_key_list
+    if not keys:
+        raise ApiError(401, "the API refuses this request: NURTURE_API_KEYS is not set on the server")
+    presented = authorization[7:] if authorization and authorization.lower().startswith("bearer ") else None
+    if not security.api_key_ok(presented, keys):
+        raise ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)", "authorization")
+
+
+# Module level, so FastAPI can resolve them (this module uses postponed annotations).
+NurtureDep = Annotated[Nurture, Depends(get_nurture)]
+Auth = Depends(require_key)
+
+
+# ---------------------------------------------------------------- app
+
+
+def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
+    app = FastAPI(title="nurture", version="0.1.0", docs_url="/docs", redoc_url=None)
+    app.state.nurture = Nurture(settings, client)
+    app.state.settings = settings
+    _install_errors(app)
+    _install_body_limit(app)
+
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, bool]:
+        """Liveness."""
+        return {"ok": True}
+
+    @app.post("/v1/leads", dependencies=[Auth])
+    async def upsert_lead(body: LeadBody, nurture: NurtureDep) -> JSONResponse:
+        """Create or update a lead by email; optional `campaign` enrolls it."""
+        exists = _exists(nurture, body.email)
+        consent_at = body.consent_at or (datetime.now().astimezone() if body.consent else None)
+        data = LeadIn(**body.model_dump(exclude={"consent", "consent_at", "campaign", "country"}),
+                      country=body.country.upper() if body.country else None, consent_at=consent_at)
+        result = await nurture.add_lead(data, campaign=body.campaign)
+        lead = nurture.show(body.email)
+        if result.message:
+            lead["enroll_error"] = result.message
+        return JSONResponse(lead, status_code=200 if exists else 201)
+
+    @app.get("/v1/leads/{email}", dependencies=[Auth])
+    def get_lead(email: str, nurture: NurtureDep) -> dict[str, Any]:
+        """Same JSON as `nurture lead show --json`."""
+        return nurture.show(email)
+
+    @app.post("/v1/events", dependencies=[Auth])
+    async def post_events(body: EventBody | list[EventBody], nurture: NurtureDep) -> dict[str, Any]:
+        """One event or a list, by `email` or `anonymous_id`."""
+        events = body if isinstance(body, list) else [body]
+        for index, event in enumerate(events):
+            if not event.email and not event.anonymous_id:
+                raise ApiError(422, "give email or anonymous_id", f"{index}.email" if isinstance(body, list) else "email")
+        return await nurture.ingest_events([e.model_dump() for e in events])
+
+    @app.post("/v1/leads/{email}/bant", dependencies=[Auth])
+    async def post_bant(email: str, body: BantBody, nurture: NurtureDep) -> dict[str, Any]:
+        """Set BANT facts; SQL follows at once if the rules hold."""
+        facts = body.model_dump(exclude_unset=True)
+        return (await nurture.set_bant(email, facts)).lead
+
+    @app.post("/v1/handoffs/{handoff_id}/accept", dependencies=[Auth])
+    async def accept(handoff_id: int, nurture: NurtureDep) -> dict[str, Any]:
+        """Sales accepts the lead: opportunity."""
+        return (await nurture.handoff_action(handoff_id, "accept")).lead
+
+    @app.post("/v1/handoffs/{handoff_id}/won", dependencies=[Auth])
+    async def won(handoff_id: int, nurture: NurtureDep) -> dict[str, Any]:
+        """The deal is won: customer."""
+        return (await nurture.handoff_action(handoff_id, "won")).lead
+
+    @app.post("/v1/handoffs/{handoff_id}/reject", dependencies=[Auth])
+    async def reject(handoff_id: int, body: ReasonBody, nurture: NurtureDep) -> dict[str, Any]:
+        """Sales rejects the lead: recycled into nurture."""
+        return (await nurture.handoff_action(handoff_id, "reject", body.reason)).lead
+
+    @app.post("/v1/handoffs/{handoff_id}/lost", dependencies=[Auth])
+    async def lost(handoff_id: int, body: ReasonBody, nurture: NurtureDep) -> dict[str, Any]:
+        """The deal is lost: recycled into nurture."""
+        return (await nurture.handoff_action(handoff_id, "lost", body.reason)).lead
+
+    app.include_router(webhooks.router)  # POST /webhooks/sendgrid
+    app.include_router(pages.router)  # /u/{token} unsubscribe and preferences, / dashboard
+    return app
+
+
+def _exists(nurture: Nurture, email: str) -> bool:
+    try:
+        nurture.show(email)
+        return True
+    except NotFound:
+        return False
+
+
+def _install_errors(app: FastAPI) -> None:
+    def body(status: int, message: str, field: str | None = None) -> JSONResponse:
+        return JSONResponse({"error": message, "field": field}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, error: ApiError) -> JSONResponse:
+        return body(error.status, error.message, error.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        # A union body (one event or a list) reports an error per member: the deepest
+        # location is the one about what the client actually sent.
+        errors = list(error.errors())
+        first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {}
+        # Drop the location's framing ("body") and the names pydantic gives the members
+        # of a union body ("EventBody", "list[EventBody]"): the field is what the user wrote.
+        location = [str(part) for part in first.get("loc", ())
+                    if part not in ("body", "query", "path", "header") and not str(part)[:1].isupper()
+                    and not str(part).startswith("list[")]
+        message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+        if first.get("type") == "json_invalid":
+            return body(400, "malformed JSON body", None)
+        return body(422, message, ".".join(location) or None)
+
+    @app.exception_handler(NotFound)
+    async def _missing(_: Request, error: NotFound) -> JSONResponse:
+        return body(404, str(error))
+
+    @app.exception_handler(UserError)
+    async def _refused(_: Request, error: UserError) -> JSONResponse:
+        return body(409 if "already" in str(error) or " is " in str(error) else 400, str(error))
+
+    @app.exception_handler(TemporalUnavailable)
+    async def _down(_: Request, error: TemporalUnavailable) -> JSONResponse:
+        return body(503, str(error))
+
+    @app.exception_handler(DBAPIError)
+    async def _store_down(_: Request, error: DBAPIError) -> JSONResponse:
+        # The store is unreachable or locked past its busy timeout: nothing was written
+        # (the session rolled back), and the client may simply try again.
+        logger.warning("store unavailable: %s", str(error.orig).splitlines()[0] if error.orig else error)
+        return body(503, "the store is unavailable, try again shortly")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return body(error.status_code, str(error.detail))
+
+
+def _install_body_limit(app: FastAPI) -> None:
+    """413 before reading a body past the limit (declared or streamed)."""
+
+    @app.middleware("http")
+    async def limit(request: Request, call_next: Any) -> Any:
+        limit_ = MAX_WEBHOOK_BODY if request.url.path.startswith("/webhooks/") else MAX_BODY
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit_):
+            return JSONResponse({"error": f"body larger than {limit_} bytes", "field": None}, status_code=413)
+        if request.method in ("POST", "PUT", "PATCH"):
+            received = bytearray()
+            async for chunk in request.stream():
+                received += chunk
+                if len(received) > limit_:
+                    return JSONResponse({"error": f"body larger than {limit_} bytes", "field": None}, status_code=413)
+            request._body = bytes(received)  # starlette reads the cached body downstream
+        return await call_next(request)

@@ -1,0 +1,614 @@
+"""The `nurture` command line (contract section 4).
+
+Exit codes: 0 ok, 1 user error (bad input, unknown lead), 2 usage error, 3 a service
+cannot be reached. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from nurture.config import Settings, settings as load_settings
+
+app = typer.Typer(help="nurture: lead nurturing journeys on Temporal.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+campaign_app = typer.Typer(help="Validate and inspect campaigns.", no_args_is_help=True)
+funnel_app = typer.Typer(help="The funnel model (scoring, qualification, handoff).", no_args_is_help=True)
+lead_app = typer.Typer(help="Add, show and forget leads.", no_args_is_help=True)
+handoff_app = typer.Typer(help="Sales handoffs: list, accept, reject, won, lost.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
+app.add_typer(funnel_app, name="funnel")
+app.add_typer(lead_app, name="lead")
+app.add_typer(handoff_app, name="handoff")
+app.add_typer(db_app, name="db")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
+YES_NO = {"yes": True, "y": True, "true": True, "no": False, "n": False, "false": False,
+          "unknown": None, "null": None}
+
+
+# ---------------------------------------------------------------- plumbing
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"error: {message}", markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def finish(code: int = 0) -> NoReturn:
+    """End the process once output is flushed: the Temporal client can abort at interpreter
+    exit (sdk-python issue 300), which must never turn a success into a failure."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run async work, mapping our errors to exit codes and one-line messages."""
+    from sqlalchemy.exc import DBAPIError
+
+    from nurture.campaign import CampaignError
+    from nurture.service import UserError
+    from nurture.temporal import TemporalUnavailable
+
+    try:
+        return asyncio.run(make())
+    except TemporalUnavailable as error:
+        fail(str(error), 3)
+    except DBAPIError as error:  # locked past the busy timeout, or the server is down
+        fail(f"database: {store_reason(error)}; nothing was changed, try again", 3)
+    except (UserError, CampaignError) as error:
+        fail(str(error).splitlines()[0] if isinstance(error, CampaignError) else str(error), 1)
+    except KeyboardInterrupt:
+        finish(130)
+    except Exception as error:  # a bug of ours: still one line, with how to see more
+        if os.environ.get("NURTURE_DEBUG"):
+            raise
+        fail(f"unexpected {type(error).__name__}: {error} (set NURTURE_DEBUG=1 for the traceback)", 1)
+
+
+def store_reason(error: Any) -> str:
+    orig = getattr(error, "orig", None) or error
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+
+
+def cfg() -> Settings:
+    try:
+        return load_settings()
+    except Exception as error:  # pydantic ValidationError on a bad environment variable
+        fail(f"environment: {str(error).splitlines()[0]}: {error}".replace("\n", " "), 1)
+
+
+def service() -> Any:
+    from nurture.db import upgrade
+    from nurture.service import Nurture
+
+    settings = cfg()
+    upgrade_quietly(settings, upgrade)
+    return Nurture(settings)
+
+
+def upgrade_quietly(settings: Settings, upgrade: Callable[[str], None]) -> None:
+    try:
+        upgrade(settings.db_url)
+    except Exception as error:  # the database itself cannot be reached
+        fail(f"database {settings.db_url.split('@')[-1]}: {store_reason(error)}", 3)
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+def parse_at(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"--at: '{value}' is not an ISO 8601 time (e.g. 2026-11-23T09:30:00Z)")
+    if parsed.tzinfo is None:
+        fail(f"--at: '{value}' has no time zone; add Z or +01:00")
+    return parsed
+
+
+def yes_no(name: str, value: str | None) -> bool | None:
+    if value is None:
+        return None
+    if value.lower() not in YES_NO:
+        fail(f"--{name}: expected yes or no, got '{value}'", 2)
+    return YES_NO[value.lower()]
+
+
+# ---------------------------------------------------------------- services
+
+
+@app.command()
+def up() -> None:
+    """Embedded Temporal dev server (or NURTURE_TEMPORAL_ADDRESS) + worker + HTTP API. Ctrl-C stops all."""
+    from nurture.runner import run_up
+
+    settings = cfg()
+    run(lambda: run_up(settings, out))
+    finish(0)
+
+
+@app.command()
+def worker() -> None:
+    """Run one worker (start several to scale out). Same as `python worker.py`."""
+    from nurture.runner import run_worker
+
+    settings = cfg()
+    run(lambda: run_worker(settings, out))
+    finish(0)
+
+
+@app.command()
+def api() -> None:
+    """Run only the HTTP API on NURTURE_HTTP_PORT."""
+    from nurture.runner import run_api
+
+    settings = cfg()
+    run(lambda: run_api(settings, out))
+    finish(0)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the database migrations (up/worker/api do it at start)."""
+    from nurture.db import upgrade
+
+    settings = cfg()
+    upgrade_quietly(settings, upgrade)
+    out.print(f"database schema up to date ({settings.db_url.split('@')[-1]})")
+
+
+@app.command()
+def demo(fast: bool = typer.Option(False, "--fast", help="No pauses between scenes.")) -> None:
+    """A complete journey end to end in under a minute, with no setup (time is simulated)."""
+    from nurture.demo import run_demo
+
+    run(lambda: run_demo(out, pause=0 if fast else 0.6))
+    finish(0)
+
+
+# ---------------------------------------------------------------- campaigns and funnel
+
+
+@campaign_app.command("validate")
+def campaign_validate(paths: list[Path] = typer.Argument(..., help="Campaign files or folders.")) -> None:
+    """Exit 0 if all valid; else exit 1 with one line per problem: FILE:LINE: dotted.path: message."""
+    from nurture.campaign import validate_paths
+
+    settings = cfg()
+    problems = validate_paths(paths, settings.templates_dir)
+    for problem in problems:
+        (err if problem.severity == "error" else out).print(str(problem), markup=False, soft_wrap=True)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise typer.Exit(1)
+    out.print(f"ok: {', '.join(str(p) for p in paths)}" + (f" ({len(problems)} warning(s))" if problems else ""))
+
+
+@campaign_app.command("list")
+def campaign_list(as_json: bool = JsonOpt) -> None:
+    """The campaigns in NURTURE_CAMPAIGNS_DIR."""
+    from nurture.campaign import CampaignError, load_campaigns
+
+    settings = cfg()
+    try:
+        campaigns = load_campaigns(settings.campaigns_dir) if settings.campaigns_dir.exists() else []
+    except CampaignError as error:
+        fail(f"{str(error).splitlines()[0]} (run `nurture campaign validate {settings.campaigns_dir}`)")
+    rows = [{"name": c.name, "description": c.description, "steps": len(c.steps), "version": c.version,
+             "auto_on": c.enroll.auto_on, "file": c.source_file} for c in campaigns]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("name", "steps", "auto_on", "version", "file", "description")
+    for row in rows:
+        table.add_row(row["name"], str(row["steps"]), ", ".join(row["auto_on"]) or "-", row["version"],
+                      row["file"], row["description"])
+    out.print(table)
+
+
+@campaign_app.command("test")
+def campaign_test(
+    file: Path = typer.Argument(..., help="The campaign file to preview."),
+    lead: Path = typer.Option(..., "--lead", help="LEAD.json: an object of lead fields (email required)."),
+    events: Optional[Path] = typer.Option(None, "--events", help="EVENTS.yaml: [{at: 2d3h, type: email_click, step: ...}]"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run a campaign for one lead under simulated time, sending nothing, and print its timeline."""
+    from nurture.campaign import CampaignError
+    from nurture.preview import check_campaign, read_events, read_lead, render, run_preview
+    from nurture.service import UserError
+
+    settings = cfg()
+    try:
+        campaign, warnings = check_campaign(file, settings.templates_dir)
+        data = read_lead(lead)
+        scripted = read_events(events, campaign) if events else []
+    except CampaignError as error:
+        for problem in error.problems or [str(error)]:
+            err.print(str(problem), markup=False, soft_wrap=True)
+        finish(1)
+    except UserError as error:
+        fail(str(error))
+    for warning in warnings:
+        err.print(str(warning), markup=False, soft_wrap=True)
+    with err.status("simulating on an embedded Temporal server..."):
+        timeline = run(lambda: run_preview(file, data, scripted, settings))
+    if as_json:
+        print_json([entry.as_json() for entry in timeline.entries])
+    else:
+        render(timeline, out)
+    finish(0)
+
+
+@campaign_app.command("schema")
+def campaign_schema() -> None:
+    """JSON Schema of the campaign format, for editors."""
+    from nurture.campaign import campaign_json_schema
+
+    print_json(campaign_json_schema())
+
+
+@funnel_app.command("show")
+def funnel_show(as_json: bool = JsonOpt) -> None:
+    """The funnel model in force (defaults filled in)."""
+    import yaml
+
+    from nurture.campaign import CampaignError, load_funnel
+
+    settings = cfg()
+    path = settings.funnel_file
+    try:
+        funnel = load_funnel(path if path.exists() else None)
+    except CampaignError as error:
+        fail(str(error).splitlines()[0])
+    data = funnel.model_dump(mode="json", by_alias=True, exclude={"version", "source_file"})
+    if as_json:
+        print_json(data)
+        return
+    out.print(f"# funnel in force: {path if path.exists() else 'built-in defaults'}", markup=False)
+    out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), markup=False)
+
+
+# ---------------------------------------------------------------- leads
+
+
+def _attrs(values: list[str]) -> dict[str, str]:
+    attributes = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            fail(f"--attr: expected KEY=VALUE, got '{item}'", 2)
+        attributes[key.strip()] = value
+    return attributes
+
+
+@lead_app.command("add")
+def lead_add(
+    email: str = typer.Option(..., "--email", help="The lead's address."),
+    first_name: Optional[str] = typer.Option(None, "--first-name"),
+    last_name: Optional[str] = typer.Option(None, "--last-name"),
+    company: Optional[str] = typer.Option(None, "--company"),
+    job_title: Optional[str] = typer.Option(None, "--job-title"),
+    company_size: Optional[int] = typer.Option(None, "--company-size", min=0),
+    country: Optional[str] = typer.Option(None, "--country", help="ISO 3166 two-letter code."),
+    timezone: Optional[str] = typer.Option(None, "--timezone", help="IANA name, e.g. Europe/Paris."),
+    locale: Optional[str] = typer.Option(None, "--locale", help="e.g. fr-FR."),
+    source: Optional[str] = typer.Option(None, "--source"),
+    attr: list[str] = typer.Option([], "--attr", help="KEY=VALUE, repeatable."),
+    campaign: Optional[str] = typer.Option(None, "--campaign", help="Enroll in this campaign."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create or update a lead by email (and enroll it)."""
+    from nurture.service import LeadIn
+
+    if country is not None and (len(country) != 2 or not country.isalpha()):
+        fail(f"--country: expected a two-letter code like FR, got '{country}'", 2)
+    data = LeadIn(email=email, first_name=first_name, last_name=last_name, company=company, job_title=job_title,
+                  company_size=company_size, country=country.upper() if country else None, timezone=timezone,
+                  locale=locale, source=source, attributes=_attrs(attr))
+    nurture = service()
+    result = run(lambda: nurture.add_lead(data, campaign=campaign))
+    lead = nurture.show(email)
+    if as_json:
+        print_json(lead)
+    else:
+        out.print(f"lead {lead['email']}: stage {lead['stage']}, score {lead['score']}, grade {lead['grade']}"
+                  + (f", campaign {lead['campaign']}" if lead["campaign"] else ""), markup=False)
+    if result.message:
+        fail(f"lead saved, but not enrolled in {campaign}: {result.message}")
+    finish(0)
+
+
+@lead_app.command("show")
+def lead_show(email: str, as_json: bool = JsonOpt) -> None:
+    """Stage, status, score, grade, temperature, owner, BANT, campaign, step and history."""
+    from nurture.service import UserError
+
+    nurture = service()
+    try:
+        lead = nurture.show(email)
+    except UserError as error:
+        fail(str(error))
+    if as_json:
+        print_json(lead)
+        return
+    render_lead(lead)
+
+
+def render_lead(lead: dict[str, Any]) -> None:
+    bant = "  ".join(f"{k}={'yes' if v else 'no' if v is False else '?'}" for k, v in lead["bant"].items())
+    name = " ".join(filter(None, [lead.get("first_name"), lead.get("last_name")]))
+    out.print(f"[bold]{escape(lead['email'])}[/bold] {escape(name)}  {escape(lead.get('company') or '')}")
+    out.print(f"stage [bold]{lead['stage']}[/bold]  status {lead['status']}  score [bold]{lead['score']}[/bold]"
+              f"  grade {lead['grade']}  {lead['temperature']}  owner {lead['owner'] or '-'}")
+    out.print(f"BANT {bant}")
+    if lead["campaign"]:
+        waiting = f", waiting for {lead['waiting_for']} until {lead['next_action_at']}" if lead.get("waiting_for") else ""
+        out.print(f"campaign {lead['campaign']}, step {lead['step']}{waiting}", markup=False)
+    table = Table("at", "kind", "delta", "score", "reason", title="history")
+    for entry in lead["history"]:
+        delta = "" if entry["delta"] is None else f"{entry['delta']:+d}"
+        # Text, not markup: rule texts hold brackets ([gmail.com, ...]) that are data.
+        table.add_row(entry["at"][:19].replace("T", " "), entry["kind"], delta,
+                      "" if entry["score"] is None else str(entry["score"]), Text(history_reason(entry)))
+    out.print(table)
+
+
+def history_reason(entry: dict[str, Any]) -> str:
+    """The reason as the table shows it: a scored event also names the rule that gave
+    its points, by position and text (the JSON keeps it in detail.rule)."""
+    reason = entry["reason"]
+    rule = (entry.get("detail") or {}).get("rule")
+    if rule and rule not in reason:
+        reason = f"{reason}: rule {rule}"
+    return reason
+
+
+@lead_app.command("forget")
+def lead_forget(email: str) -> None:
+    """Erase personal data, stop journeys, keep a suppression hash."""
+    nurture = service()
+    run(lambda: nurture.forget(email))
+    out.print("forgotten: personal data erased, address kept only as a hash so it is never mailed again")
+    finish(0)
+
+
+@app.command()
+def enroll(email: str, campaign: str,
+           switch: bool = typer.Option(False, "--switch", help="Leave the current campaign first.")) -> None:
+    """Enroll a lead in a campaign."""
+    nurture = service()
+    result = run(lambda: nurture.enroll(email, campaign, switch=switch))
+    out.print(f"{result.lead['email']} enrolled in {result.lead['campaign']}, at step {result.lead['step']}", markup=False)
+    finish(0)
+
+
+@app.command()
+def event(
+    email: str,
+    type_: str = typer.Argument(..., metavar="TYPE", help="e.g. email_click, page_view, quote_request."),
+    url: Optional[str] = typer.Option(None, "--url"),
+    asset: Optional[str] = typer.Option(None, "--asset"),
+    form: Optional[str] = typer.Option(None, "--form"),
+    event_name: Optional[str] = typer.Option(None, "--event"),
+    campaign: Optional[str] = typer.Option(None, "--campaign"),
+    step: Optional[str] = typer.Option(None, "--step"),
+    at: Optional[str] = typer.Option(None, "--at", help="ISO 8601; defaults to now."),
+) -> None:
+    """Record an engagement event for a lead."""
+    from nurture.journey import is_event_type
+
+    if not is_event_type(type_):
+        fail(f"TYPE: '{type_}' is not an event type (lower-case letters, digits and _)", 2)
+    when = parse_at(at)
+    nurture = service()
+    result = run(lambda: nurture.record_event(email, type_, at=when, url=url, asset=asset, form=form,
+                                              event=event_name, campaign=campaign, step=step))
+    lead = result.lead
+    out.print(f"{lead['email']}: {type_} recorded; score {lead['score']}, stage {lead['stage']}", markup=False)
+    finish(0)
+
+
+@app.command()
+def bant(
+    email: str,
+    budget: Optional[str] = typer.Option(None, "--budget", help="yes|no"),
+    authority: Optional[str] = typer.Option(None, "--authority", help="yes|no"),
+    need: Optional[str] = typer.Option(None, "--need", help="yes|no"),
+    timing: Optional[str] = typer.Option(None, "--timing", help="yes|no"),
+) -> None:
+    """Set BANT qualification facts (Budget, Authority, Need, Timing)."""
+    given = {"budget": budget, "authority": authority, "need": need, "timing": timing}
+    facts = {name: yes_no(name, value) for name, value in given.items() if value is not None}
+    nurture = service()
+    result = run(lambda: nurture.set_bant(email, facts))
+    lead = result.lead
+    out.print(f"{lead['email']}: stage {lead['stage']}, owner {lead['owner'] or '-'}", markup=False)
+    finish(0)
+
+
+@app.command()
+def rescore(
+    email: Optional[str] = typer.Argument(None, help="The lead to rescore (or --all)."),
+    all_leads: bool = typer.Option(False, "--all", help="Every lead, with a progress bar."),
+) -> None:
+    """Recompute scores from the stored events under the funnel in force now.
+
+    Each lead whose score changes gets one history entry with the difference; a lead
+    that moves up qualifies as after any change, one that goes down keeps its stage.
+    """
+    if (email is None) == (not all_leads):
+        fail("rescore: give one EMAIL or --all (see `nurture rescore --help`)", 2)
+    nurture = service()
+    if email is not None:
+        result = run(lambda: nurture.rescore(email))
+        lead = result.lead
+        what = result.message or f"score {lead['score']} unchanged"
+        out.print(f"{lead['email']}: {what}; stage {lead['stage']}", markup=False)
+        finish(0)
+    report = run(lambda: _rescore_all(nurture))
+    for address, message in report.changed:
+        out.print(f"{address}: {message}", markup=False)
+    for address, why in report.failed:
+        err.print(f"error: {address}: {why}", markup=False, soft_wrap=True)
+    out.print(f"{report.leads} lead(s) rescored: {len(report.changed)} changed, {report.unchanged} unchanged"
+              + (f", {len(report.failed)} failed" if report.failed else ""), markup=False)
+    finish(1 if report.failed else 0)
+
+
+async def _rescore_all(nurture: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("rescoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task("rescore", total=None)
+        return await nurture.rescore_all(progress=lambda done, total: progress.update(task, completed=done, total=total))
+
+
+@app.command("import")
+def import_csv(file: Path = typer.Argument(..., help="CSV with a header row of lead fields."),
+               campaign: Optional[str] = typer.Option(None, "--campaign", help="Enroll each new lead.")) -> None:
+    """Import leads from CSV: bad rows reported with their line numbers, good rows kept."""
+    from nurture.importer import import_file
+
+    nurture = service()
+    report = run(lambda: import_file(nurture, file, campaign=campaign, console=err))
+    for problem in report.problems:
+        err.print(problem, markup=False, soft_wrap=True)
+    out.print(f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged, "
+              f"{report.rejected} rejected ({report.rows} rows in {report.seconds:.1f}s)")
+    finish(1 if report.rejected else 0)
+
+
+# ---------------------------------------------------------------- handoffs and outbox
+
+
+@handoff_app.command("list")
+def handoff_list(as_json: bool = JsonOpt) -> None:
+    """Handoffs to sales, oldest first."""
+    from nurture import crud
+    from nurture.models import as_utc
+    from nurture.journey import iso
+
+    nurture = service()
+    with nurture.session() as session:
+        rows = [{"id": h.id, "email": h.email, "owner": h.owner, "status": h.status,
+                 "created_at": iso(as_utc(h.created_at)), "score": h.score, "grade": h.grade,
+                 "reason": h.reason, "webhook": h.webhook_status} for h in crud.list_handoffs(session=session)]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("id", "email", "owner", "status", "created", "score", "grade", "reason", "webhook")
+    for row in rows:
+        table.add_row(str(row["id"]), row["email"] or "(forgotten)", row["owner"] or "-", row["status"],
+                      (row["created_at"] or "")[:16], str(row["score"]), row["grade"], Text(row["reason"] or ""),
+                      Text(row["webhook"] or "-"))  # Text: a reason typed by sales is data, not markup
+    out.print(table)
+
+
+def _handoff(handoff_id: int, outcome: str, reason: str | None) -> None:
+    nurture = service()
+    result = run(lambda: nurture.handoff_action(handoff_id, outcome, reason))
+    lead = result.lead
+    out.print(f"handoff {handoff_id} {outcome}: {lead['email']} is now {lead['stage']}"
+              + (f" (campaign {lead['campaign']})" if lead.get("campaign") else ""), markup=False)
+    finish(0)
+
+
+@handoff_app.command("accept")
+def handoff_accept(handoff_id: int = typer.Argument(..., metavar="ID")) -> None:
+    """Sales accepts: the lead becomes an opportunity."""
+    _handoff(handoff_id, "accept", None)
+
+
+@handoff_app.command("reject")
+def handoff_reject(handoff_id: int = typer.Argument(..., metavar="ID"),
+                   reason: str = typer.Option(..., "--reason", help="Why (kept in history).")) -> None:
+    """Sales rejects: the lead is recycled into nurture, score reset."""
+    _handoff(handoff_id, "reject", reason)
+
+
+@handoff_app.command("won")
+def handoff_won(handoff_id: int = typer.Argument(..., metavar="ID")) -> None:
+    """The deal is won: the lead becomes a customer."""
+    _handoff(handoff_id, "won", None)
+
+
+@handoff_app.command("lost")
+def handoff_lost(handoff_id: int = typer.Argument(..., metavar="ID"),
+                 reason: str = typer.Option(..., "--reason", help="Why (kept in history).")) -> None:
+    """The deal is lost: the lead is recycled into nurture."""
+    _handoff(handoff_id, "lost", reason)
+
+
+@app.command()
+def outbox(as_json: bool = JsonOpt) -> None:
+    """Emails sent in local-outbox mode (and every send's status)."""
+    from nurture import crud
+    from nurture.journey import iso
+    from nurture.models import as_utc
+
+    nurture = service()
+    with nurture.session() as session:
+        rows = [{"to": e.to, "subject": e.subject, "campaign": e.campaign, "step": e.step,
+                 "template": e.template, "variant": e.variant, "status": e.status, "provider": e.provider,
+                 "sent_at": iso(as_utc(e.sent_at)), "send_id": e.send_id,
+                 "file": str(nurture.settings.outbox_dir / f"{e.send_id}.eml") if e.provider == "outbox" else None}
+                for e in crud.list_outbox(session=session)]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("sent", "to", "subject", "campaign", "step", "status")
+    for row in rows:
+        table.add_row((row["sent_at"] or "")[:16].replace("T", " "), row["to"] or "(forgotten)", Text(row["subject"] or ""),
+                      row["campaign"] or "-", row["step"] or "-", row["status"])
+    out.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: usage errors too are one line on stderr (exit 2), not a usage box."""
+    from typer import Abort, Exit, TyperException
+    from typer._click.exceptions import NoArgsIsHelpError
+
+    try:
+        result = app(args=argv, prog_name="nurture", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except Exit as exit_:
+        code = exit_.exit_code
+    except Abort:
+        err.print("aborted")
+        code = 130
+    except NoArgsIsHelpError as error:  # `nurture lead` alone: show that group's help
+        if getattr(error, "ctx", None) is not None:
+            sys.stdout.write(error.ctx.get_help() + "\n")
+        code = 0 if argv == [] else 2
+    except TyperException as error:
+        where = error.ctx.command_path if getattr(error, "ctx", None) else "nurture"
+        err.print(f"error: {where}: {error.format_message()} (see `{where} --help`)", markup=False, soft_wrap=True)
+        code = error.exit_code
+    finish(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Every SQL statement of nurture: small keyword-only functions that take a session.
+
+Routes, CLI commands and activities call these; none opens a session of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, case, literal, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from nurture import security
+from nurture.journey import SUPPRESSING_EVENTS
+from nurture.models import Counter, Email, Event, Handoff, History, Lead, Suppression, utcnow
+
+PROFILE_COLUMNS = (
+    "first_name", "last_name", "company", "job_title", "company_size",
+    "country", "timezone", "locale", "source", "anonymous_id",
+)
+
+
+# ---------------------------------------------------------------- leads
+
+
+def get_lead(*, session: Session, email: str) -> Lead | None:
+    return session.exec(select(Lead).where(Lead.email == email)).first()
+
+
+def get_lead_by_key(*, session: Session, key: str) -> Lead | None:
+    return session.exec(select(Lead).where(Lead.key == key)).first()
+
+
+def lead_emails(*, session: Session) -> list[str]:
+    """Every lead's address (forgotten leads have none), oldest lead first."""
+    return [email for email in session.exec(
+        select(Lead.email).where(col(Lead.email).is_not(None)).order_by(col(Lead.id))).all() if email]
+
+
+def lead_by_anonymous_id(*, session: Session, anonymous_id: str) -> Lead | None:
+    return session.exec(select(Lead).where(Lead.anonymous_id == anonymous_id)).first()
+
+
+def upsert_lead(*, session: Session, key: str, email: str, profile: dict[str, Any],
+                consent_at: datetime | None = None) -> tuple[Lead, bool]:
+    """Create the lead or fill in the fields given; returns (lead, created).
+
+    Fields given as None keep their stored value: a form that does not ask for the
+    company must not erase it.
+    """
+    lead = get_lead_by_key(session=session, key=key)
+    created = lead is None
+    if lead is None:
+        lead = Lead(key=key, email=email)
+    for name in PROFILE_COLUMNS:
+        if profile.get(name) is not None:
+            setattr(lead, name, profile[name])
+    if profile.get("attributes"):
+        lead.attributes = {**(lead.attributes or {}), **profile["attributes"]}
+    if consent_at is not None and lead.consent_at is None:
+        lead.consent_at = consent_at
+    lead.updated_at = utcnow()
+    session.add(lead)
+    session.flush()
+    return lead, created
+
+
+def profile_of(lead: Lead) -> dict[str, Any]:
+    return {"email": lead.email, **{name: getattr(lead, name) for name in PROFILE_COLUMNS},
+            "attributes": dict(lead.attributes or {})}
+
+
+def apply_projection(*, session: Session, key: str, version: int, fields: dict[str, Any]) -> None:
+    """Write the workflow's view of the lead unless a newer one is already stored.
+
+    Syncs can arrive out of order (retries, concurrent handlers); the version makes
+    the newest win.
+    """
+    fields = dict(fields)
+    status = fields.pop("status", None)
+    if status is not None:
+        # A stop written at once by the webhook or the unsubscribe page must not be
+        # undone by a projection computed before the workflow heard of it; going back
+        # to subscribed is written by the resubscribe path itself.
+        fields["status"] = case((and_(col(Lead.status) != "subscribed", literal(status) == "subscribed"), Lead.status),
+                                else_=literal(status))
+    session.execute(
+        update(Lead)
+        .where(col(Lead.key) == key, col(Lead.state_version) < version)
+        .values(**fields, state_version=version, updated_at=utcnow())
+    )
+
+
+def add_history(*, session: Session, key: str, entries: Iterable[dict[str, Any]]) -> None:
+    """Append history rows; a row already stored (same lead and seq) is skipped."""
+    entries = list(entries)
+    if not entries:
+        return
+    seqs = [entry["seq"] for entry in entries]
+    known = set(session.exec(select(History.seq).where(History.lead_key == key, col(History.seq).in_(seqs))).all())
+    for entry in entries:
+        if entry["seq"] not in known:
+            session.add(History(lead_key=key, **entry))
+
+
+def list_history(*, session: Session, key: str) -> Sequence[History]:
+    return session.exec(select(History).where(History.lead_key == key).order_by(col(History.seq))).all()
+
+
+def stage_changes(*, session: Session, key: str, to: str) -> list[datetime]:
+    """When the lead entered stage `to` (from its stage history), oldest first."""
+    rows = session.exec(select(History).where(History.lead_key == key, History.kind == "stage")
+                        .order_by(col(History.seq))).all()
+    return [row.at for row in rows if (row.detail or {}).get("to") == to]
+
+
+def forget_lead(*, session: Session, lead: Lead, email_hash: str) -> None:
+    """Erase personal data; keep the key, the history's numbers and a suppression hash."""
+    suppress(session=session, email_hash=email_hash, reason="forgotten")
+    for name in PROFILE_COLUMNS:
+        setattr(lead, name, None)
+    lead.email = None
+    lead.attributes = {}
+    lead.status = "unsubscribed"
+    lead.campaign = lead.step = lead.waiting_for = None
+    session.add(lead)
+    session.execute(update(Email).where(col(Email.lead_key) == lead.key).values(to=None))
+    session.execute(update(Event).where(col(Event.lead_key) == lead.key).values(email=None, data={}))
+    session.execute(update(Handoff).where(col(Handoff.lead_key) == lead.key).values(email=None, snapshot={}))
+    for entry in session.exec(select(History).where(History.lead_key == lead.key)).all():
+        entry.detail = {}
+        session.add(entry)
+
+
+# ---------------------------------------------------------------- suppression
+
+
+def suppress(*, session: Session, email_hash: str, reason: str) -> None:
+    if session.get(Suppression, email_hash) is None:
+        session.add(Suppression(email_hash=email_hash, reason=reason))
+        session.flush()
+
+
+def suppress_now(*, session: Session, lead: Lead | None, address: str | None, type_: str) -> None:
+    """An unsubscribe, bounce, drop or spam report ends marketing email now, not when
+    the workflow hears of it: the send activity re-checks this row before every send."""
+    target = address or (lead.email if lead is not None else None)
+    if type_ == "email_spamreport" and target:
+        suppress(session=session, email_hash=security.email_hash(target), reason="complained")
+    if lead is not None and lead.email is not None and lead.status == "subscribed":
+        lead.status = SUPPRESSING_EVENTS[type_]
+        lead.updated_at = utcnow()
+        session.add(lead)
+
+
+def is_suppressed(*, session: Session, email_hash: str) -> str | None:
+    row = session.get(Suppression, email_hash)
+    return row.reason if row else None
+
+
+# ---------------------------------------------------------------- events
+
+
+def add_event(*, session: Session, event: Event) -> bool:
+    """Store an event once; False if its id is already stored (a retry or a replay)."""
+    if session.get(Event, event.id) is not None:
+        return False
+    try:
+        with session.begin_nested():
+            session.add(event)
+    except IntegrityError:  # a concurrent insert of the same id won the race
+        return False
+    return True
+
+
+def mark_dispatched(*, session: Session, ids: Sequence[str]) -> None:
+    if ids:
+        session.execute(update(Event).where(col(Event.id).in_(ids)).values(dispatched_at=utcnow()))
+
+
+def undispatched_events(*, session: Session, limit: int) -> Sequence[Event]:
+    return session.exec(
+        select(Event).where(col(Event.dispatched_at).is_(None), col(Event.lead_key).is_not(None))
+        .order_by(col(Event.received_at)).limit(limit)
+    ).all()
+
+
+def anonymous_events(*, session: Session, anonymous_id: str, since: datetime) -> Sequence[Event]:
+    return session.exec(
+        select(Event).where(Event.anonymous_id == anonymous_id, col(Event.lead_key).is_(None), col(Event.at) >= since)
+        .order_by(col(Event.at))
+    ).all()
+
+
+def events_of(*, session: Session, key: str) -> Sequence[Event]:
+    return session.exec(select(Event).where(Event.lead_key == key).order_by(col(Event.at))).all()
+
+
+def scoring_events(*, session: Session, key: str, anonymous_id: str | None, types: Sequence[str]) -> Sequence[Event]:
+    """The lead's events of the given types, and those of its earlier visitor id, oldest first."""
+    whose = col(Event.lead_key) == key
+    if anonymous_id:
+        whose = or_(whose, and_(col(Event.lead_key).is_(None), col(Event.anonymous_id) == anonymous_id))
+    return session.exec(select(Event).where(whose, col(Event.type).in_(list(types)))
+                        .order_by(col(Event.at), col(Event.id))).all()
+
+
+# ---------------------------------------------------------------- emails
+
+
+def claim_email(*, session: Session, email: Email) -> Email:
+    """Insert the send's row, or return the row an earlier attempt already claimed."""
+    existing = session.get(Email, email.send_id)
+    if existing is not None:
+        return existing
+    try:
+        with session.begin_nested():
+            session.add(email)
+    except IntegrityError:
+        existing = session.get(Email, email.send_id)
+        assert existing is not None
+        return existing
+    return email
+
+
+def set_email_status(*, session: Session, send_id: str, status: str, **fields: Any) -> None:
+    session.execute(update(Email).where(col(Email.send_id) == send_id).values(status=status, updated_at=utcnow(), **fields))
+
+
+def list_outbox(*, session: Session, limit: int = 1000) -> Sequence[Email]:
+    return session.exec(select(Email).order_by(col(Email.claimed_at)).limit(limit)).all()
+
+
+def emails_of(*, session: Session, key: str) -> Sequence[Email]:
+    return session.exec(select(Email).where(Email.lead_key == key).order_by(col(Email.claimed_at))).all()
+
+
+# ---------------------------------------------------------------- handoffs
+
+
+def next_counter(*, session: Session, name: str) -> int:
+    """Atomically take the next value of a named counter (0, 1, 2, ...).
+
+    One UPDATE ... RETURNING, so concurrent workers never take the same value.
+    """
+    try:
+        with session.begin_nested():
+            session.add(Counter(name=name, value=0))
+    except IntegrityError:
+        pass
+    taken = session.execute(
+        update(Counter).where(col(Counter.name) == name).values(value=Counter.value + 1).returning(Counter.value)
+    ).scalar_one()
+    return taken - 1
+
+
+def create_handoff(*, session: Session, handoff: Handoff) -> Handoff:
+    session.add(handoff)
+    session.flush()
+    return handoff
+
+
+def get_handoff(*, session: Session, handoff_id: int) -> Handoff | None:
+    return session.get(Handoff, handoff_id)
+
+
+def find_handoff(*, session: Session, key: str, number: int) -> Handoff | None:
+    """The lead's n-th handoff, if an earlier attempt of the activity created it."""
+    return session.exec(
+        select(Handoff).where(Handoff.lead_key == key, Handoff.number == number)
+    ).first()
+
+
+def update_handoff(*, session: Session, handoff_id: int, **fields: Any) -> None:
+    session.execute(update(Handoff).where(col(Handoff.id) == handoff_id).values(updated_at=utcnow(), **fields))
+
+
+def list_handoffs(*, session: Session, status: str | None = None) -> Sequence[Handoff]:
+    query = select(Handoff).order_by(col(Handoff.id))
+    if status:
+        query = query.where(Handoff.status == status)
+    return session.exec(query).all()
+

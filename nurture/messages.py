@@ -1,0 +1,77 @@
+"""The inputs and results of the lead workflow, its signals and updates.
+
+They live outside workflows/ so that the workflow sandbox passes them through instead
+of re-creating the classes for every workflow run (which would also defeat the data
+converter's per-type cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from nurture.journey import LeadEvent, LeadProfile, LeadState
+
+
+@dataclass
+class LeadInput:
+    key: str
+    profile: LeadProfile | None = None
+    state: LeadState | None = None  # carried over by continue-as-new
+    max_history: int = 10_000  # history events before continuing as new
+    sales_sender: str = "nurture <nurture@localhost>"  # From: of emails to sales owners
+
+
+@dataclass
+class ProfileUpdate:
+    profile: LeadProfile
+    created: bool = False
+    campaign: str | None = None  # enroll explicitly (`--campaign`)
+
+
+@dataclass
+class EnrollRequest:
+    campaign: str
+    switch: bool = False
+
+
+@dataclass
+class EventsInput:
+    events: list[LeadEvent]
+
+
+@dataclass
+class BantInput:
+    bant: dict[str, bool | None]
+    reason: str = "sales input"
+
+
+@dataclass
+class HandoffOutcome:
+    handoff_id: int
+    outcome: str  # accept | reject | won | lost
+    reason: str | None = None
+
+
+@dataclass
+class RescoreInput:
+    """`nurture rescore`: recompute the score from the lead's stored events under the
+    funnel in force now. The workflow reads the events itself, under its lock (see
+    LeadWorkflow.rescore), so nothing needs to travel with the request."""
+
+
+@dataclass
+class ForgetInput:
+    reason: str = "erasure request"
+
+
+@dataclass
+class ResubscribeInput:
+    consent_at: datetime  # when the lead opted in again (preferences page)
+
+
+@dataclass
+class LeadResult:
+    lead: dict[str, Any] = field(default_factory=dict)
+    message: str | None = None

@@ -1,0 +1,170 @@
+"""SQLModel tables: what the CLI, the API and reports read.
+
+The lead's workflow decides; these tables are its projection (written by activities)
+plus what arrives from outside (profiles, events) before a workflow sees it.
+Times are stored in UTC; SQLite drops the zone, so readers go through `as_utc`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on every backend.
+
+    SQLite keeps no zone: without this, 01:30+01:00 would be stored as 01:30 and read
+    back as 01:30 UTC, an hour off.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return as_utc(value)
+
+
+def _ts(*, nullable: bool, index: bool = False) -> Any:
+    if nullable:
+        return Field(default=None, sa_column=Column(UTCDateTime(), nullable=True, index=index))
+    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=index))
+
+
+def _json() -> Any:
+    return Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Lead(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True, max_length=64)  # derived from the address; names the workflow
+    email: str | None = Field(default=None, unique=True, max_length=254)  # None once forgotten
+    first_name: str | None = Field(default=None, max_length=200)
+    last_name: str | None = Field(default=None, max_length=200)
+    company: str | None = Field(default=None, max_length=200)
+    job_title: str | None = Field(default=None, max_length=200)
+    company_size: int | None = None
+    country: str | None = Field(default=None, max_length=2)
+    timezone: str | None = Field(default=None, max_length=64)
+    locale: str | None = Field(default=None, max_length=16)
+    source: str | None = Field(default=None, max_length=100)
+    anonymous_id: str | None = Field(default=None, index=True, max_length=200)
+    attributes: dict[str, Any] = _json()
+    consent_at: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+    # Projection of the workflow's state, newest `state_version` wins.
+    stage: str = Field(default="lead", max_length=20)
+    status: str = Field(default="subscribed", max_length=20)
+    score: int = 0
+    fit: int = 0
+    grade: str = Field(default="D", max_length=1)
+    temperature: str = Field(default="cold", max_length=10)
+    owner: str | None = Field(default=None, max_length=254)
+    bant: dict[str, Any] = _json()
+    campaign: str | None = Field(default=None, max_length=100)
+    step: str | None = Field(default=None, max_length=100)
+    waiting_for: str | None = Field(default=None, max_length=200)
+    next_action_at: datetime | None = _ts(nullable=True)
+    state_version: int = 0
+
+
+class Event(SQLModel, table=True):
+    """Every engagement event as received; `dispatched_at` is set once a workflow has it."""
+
+    id: str = Field(primary_key=True, max_length=200)  # idempotency key (sg_event_id, client id, ...)
+    lead_key: str | None = Field(default=None, index=True, max_length=64)
+    email: str | None = Field(default=None, max_length=254)
+    anonymous_id: str | None = Field(default=None, index=True, max_length=200)
+    type: str = Field(max_length=64)
+    at: datetime = _ts(nullable=False)
+    data: dict[str, Any] = _json()  # url, asset, form, event, campaign, step, send_id, ...
+    received_at: datetime = _ts(nullable=False)
+    dispatched_at: datetime | None = _ts(nullable=True, index=True)
+
+
+class History(SQLModel, table=True):
+    """The lead's explainable history: every score, fit, stage, email, event, handoff change."""
+
+    __table_args__ = (UniqueConstraint("lead_key", "seq"),)
+    id: int | None = Field(default=None, primary_key=True)
+    lead_key: str = Field(index=True, max_length=64)
+    seq: int
+    at: datetime = _ts(nullable=False)
+    kind: str = Field(max_length=20)
+    delta: int | None = None
+    reason: str = Field(default="", max_length=500)
+    score: int | None = None
+    detail: dict[str, Any] = _json()
+
+
+class Email(SQLModel, table=True):
+    """One row per (lead, enrollment, step) send: the claim that makes sending at-most-once."""
+
+    send_id: str = Field(primary_key=True, max_length=64)
+    lead_key: str = Field(index=True, max_length=64)
+    to: str | None = Field(default=None, max_length=254)
+    campaign: str | None = Field(default=None, max_length=100)
+    step: str | None = Field(default=None, max_length=100)
+    template: str = Field(max_length=100)
+    subject: str = Field(default="", max_length=500)
+    variant: int | None = None
+    marketing: bool = True
+    provider: str = Field(default="outbox", max_length=20)
+    provider_message_id: str | None = Field(default=None, max_length=200)
+    # claimed -> sending -> sent | failed | unknown; then delivered/bounced/... from the webhook
+    status: str = Field(default="claimed", max_length=20)
+    error: str | None = Field(default=None, max_length=1000)
+    attempts: int = 0
+    claimed_at: datetime = _ts(nullable=False)
+    sent_at: datetime | None = _ts(nullable=True)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class Handoff(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("lead_key", "number"),)
+    id: int | None = Field(default=None, primary_key=True)
+    lead_key: str = Field(index=True, max_length=64)
+    number: int = 1  # the lead's n-th handoff: makes creating it idempotent
+    email: str | None = Field(default=None, max_length=254)
+    owner: str | None = Field(default=None, max_length=254)
+    status: str = Field(default="open", max_length=20)  # open accepted rejected won lost
+    score: int = 0
+    grade: str = Field(default="D", max_length=1)
+    reason: str | None = Field(default=None, max_length=1000)
+    snapshot: dict[str, Any] = _json()
+    webhook_status: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class Counter(SQLModel, table=True):
+    """Named counters (round-robin assignment) incremented atomically in SQL."""
+
+    name: str = Field(primary_key=True, max_length=100)
+    value: int = 0
+
+
+class Suppression(SQLModel, table=True):
+    """Addresses never to mail again, kept as hashes so forgotten leads leave no address."""
+
+    email_hash: str = Field(primary_key=True, max_length=64)
+    reason: str = Field(max_length=50)
+    created_at: datetime = _ts(nullable=False)

@@ -1,0 +1,364 @@
+"""The operations behind the CLI and the HTTP API, in one place.
+
+Each writes what arrives from outside to the store (profiles, events), then hands it
+to the lead's workflow with an update, waiting until the workflow has decided and
+projected the result, so the next read of the store shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError
+
+from nurture import crud, journey, security
+from nurture.config import Settings
+from nurture.db import session_scope
+from nurture.journey import LeadEvent, LeadProfile
+from nurture.models import Event, Lead, as_utc, utcnow
+from nurture.temporal import TemporalUnavailable, connect
+from workflows.lead import (
+    BantInput,
+    EnrollRequest,
+    EventsInput,
+    ForgetInput,
+    HandoffOutcome,
+    LeadInput,
+    LeadResult,
+    LeadWorkflow,
+    ProfileUpdate,
+    RescoreInput,
+)
+
+EVENT_FIELDS = ("url", "asset", "form", "event", "campaign", "step")
+
+
+class UserError(Exception):
+    """Bad input or a refused action: CLI exit 1, HTTP 4xx."""
+
+
+class NotFound(UserError):
+    """Unknown lead or handoff: CLI exit 1, HTTP 404."""
+
+
+@dataclass
+class LeadIn:
+    """A lead as it arrives from the CLI, the API or a CSV row (already validated)."""
+
+    email: str
+    first_name: str | None = None
+    last_name: str | None = None
+    company: str | None = None
+    job_title: str | None = None
+    company_size: int | None = None
+    country: str | None = None
+    timezone: str | None = None
+    locale: str | None = None
+    source: str | None = None
+    anonymous_id: str | None = None
+    attributes: dict[str, Any] | None = None
+    consent_at: datetime | None = None
+
+
+@dataclass
+class RescoreReport:
+    """What `nurture rescore --all` did."""
+
+    leads: int = 0
+    changed: list[tuple[str, str]] = field(default_factory=list)  # (email, "rescore under ...: 57 -> 42")
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (email, why)
+
+    @property
+    def unchanged(self) -> int:
+        return self.leads - len(self.changed) - len(self.failed)
+
+
+class Nurture:
+    def __init__(self, settings: Settings, client: Client | None = None) -> None:
+        self.settings = settings
+        self._client = client
+
+    async def client(self) -> Client:
+        if self._client is None:
+            self._client = await connect(self.settings)
+        return self._client
+
+    def session(self) -> Any:
+        return session_scope(self.settings.db_url)
+
+    # ------------------------------------------------------------ leads
+
+    async def add_lead(self, data: LeadIn, *, campaign: str | None = None) -> LeadResult:
+        """Create or update a lead by email; enroll it by name or by `auto_on: created`."""
+        try:
+            email = security.normalise_email(data.email)
+        except ValueError as error:
+            raise UserError(f"email: {error}") from error
+        await self.client()  # fail fast (exit 3) before writing anything
+        key = journey.lead_key(email)
+        with self.session() as session:
+            if crud.is_suppressed(session=session, email_hash=security.email_hash(email)):
+                raise UserError(f"{email} is on the suppression list (forgotten or complained); it is never mailed again")
+            profile = {name: getattr(data, name) for name in crud.PROFILE_COLUMNS}
+            profile["attributes"] = data.attributes or {}
+            lead, created = crud.upsert_lead(session=session, key=key, email=email, profile=profile,
+                                             consent_at=data.consent_at)
+            full = LeadProfile(**crud.profile_of(lead))
+        return await self._update(key, LeadWorkflow.upsert_profile,
+                                  ProfileUpdate(profile=full, created=created, campaign=campaign), profile=full)
+
+    async def enroll(self, email: str, campaign: str, *, switch: bool = False) -> LeadResult:
+        lead = self._lead(email)
+        return await self._update(lead.key, LeadWorkflow.enroll, EnrollRequest(campaign=campaign, switch=switch))
+
+    async def record_event(self, email: str, type_: str, *, at: datetime | None = None,
+                           event_id: str | None = None, **fields: Any) -> LeadResult:
+        lead = self._lead(email)
+        event, _ = self.store_event(lead=lead, type_=type_, at=at, event_id=event_id, fields=fields)
+        result = await self._update(lead.key, LeadWorkflow.record_events, EventsInput([event]))
+        with self.session() as session:
+            crud.mark_dispatched(session=session, ids=[event.id])
+        return result
+
+    async def ingest_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """Website/API events: stored first, then applied per lead in one update each.
+
+        Events of an unknown visitor (`anonymous_id`) are kept; they count once a lead
+        is created with that id. Events for an unknown email are kept unmatched.
+        """
+        per_lead: dict[str, list[LeadEvent]] = {}
+        anonymous = duplicates = 0
+        unknown: list[str] = []
+        for raw in events:
+            lead = self._lead_for(raw)
+            fields = {k: raw.get(k) for k in (*EVENT_FIELDS, "bant")}
+            fields["machine_open"] = True if raw.get("machine_open") else None  # stored, never scored
+            if lead is None:
+                stored = self._store_unmatched(raw, fields)
+                anonymous += stored and bool(raw.get("anonymous_id"))
+                duplicates += not stored
+                if raw.get("email") and stored:
+                    unknown.append(raw["email"])
+                continue
+            event, fresh = self.store_event(lead=lead, type_=raw["type"], at=raw.get("at"),
+                                            event_id=raw.get("id"), fields=fields)
+            duplicates += not fresh
+            per_lead.setdefault(lead.key, []).append(event)
+        for key, lead_events in per_lead.items():
+            await self._update(key, LeadWorkflow.record_events, EventsInput(lead_events))
+            with self.session() as session:
+                crud.mark_dispatched(session=session, ids=[e.id for e in lead_events])
+        applied = sum(len(v) for v in per_lead.values())
+        return {"accepted": len(events), "applied": applied, "anonymous": anonymous,
+                "duplicates": duplicates, "unknown_emails": unknown}
+
+    def _lead_for(self, raw: dict[str, Any]) -> Lead | None:
+        with self.session() as session:
+            if raw.get("email"):
+                return crud.get_lead(session=session, email=raw["email"])
+            return crud.lead_by_anonymous_id(session=session, anonymous_id=raw["anonymous_id"])
+
+    def _store_unmatched(self, raw: dict[str, Any], fields: dict[str, Any]) -> bool:
+        at = as_utc(raw.get("at")) or utcnow()
+        data = {k: v for k, v in fields.items() if v is not None}
+        ident = raw.get("email") or f"anon:{raw.get('anonymous_id')}"
+        event_id = raw.get("id") or _event_id(ident, raw["type"], at, data)
+        with self.session() as session:
+            return crud.add_event(session=session, event=Event(
+                id=event_id, lead_key=None, email=raw.get("email"), anonymous_id=raw.get("anonymous_id"),
+                type=raw["type"], at=at, data=data))
+
+    def store_event(self, *, lead: Lead, type_: str, at: datetime | None, event_id: str | None,
+                    fields: dict[str, Any]) -> tuple[LeadEvent, bool]:
+        """Keep the event before the workflow sees it; the id makes a retry count once."""
+        at = as_utc(at) or utcnow()
+        data = {k: v for k, v in fields.items() if v is not None}
+        event_id = event_id or _event_id(lead.key, type_, at, data)
+        with self.session() as session:
+            fresh = crud.add_event(session=session, event=Event(id=event_id, lead_key=lead.key, email=lead.email,
+                                                                type=type_, at=at, data=data))
+            if fresh and type_ in journey.SUPPRESSING_EVENTS:
+                stored = crud.get_lead_by_key(session=session, key=lead.key)
+                crud.suppress_now(session=session, lead=stored, address=lead.email, type_=type_)
+        known = {name: data.get(name) for name in EVENT_FIELDS}
+        event = LeadEvent(id=event_id, type=type_, at=at, bant=data.get("bant"),
+                          machine_open=bool(data.get("machine_open")), send_id=data.get("send_id"), **known)
+        return event, fresh
+
+    async def set_bant(self, email: str, bant: dict[str, bool | None]) -> LeadResult:
+        if not bant:
+            raise UserError("bant: give at least one of --budget, --authority, --need, --timing")
+        lead = self._lead(email)
+        return await self._update(lead.key, LeadWorkflow.set_bant, BantInput(bant=bant))
+
+    async def forget(self, email: str) -> None:
+        """Stop the journey, erase personal data, keep only a hash so it is never mailed again."""
+        lead = self._lead(email)
+        address = lead.email or email
+        await self._update(lead.key, LeadWorkflow.forget, ForgetInput())
+        with self.session() as session:
+            stored = crud.get_lead_by_key(session=session, key=lead.key)
+            if stored is not None:
+                crud.forget_lead(session=session, lead=stored, email_hash=security.email_hash(address))
+        # The workflow's own history still holds the address: remove the run as well.
+        try:
+            client = await self.client()
+            await client.workflow_service.delete_workflow_execution(DeleteWorkflowExecutionRequest(
+                namespace=client.namespace,
+                workflow_execution=WorkflowExecution(workflow_id=self.settings.workflow_id(lead.key))))
+        except RPCError:
+            pass  # already gone; the suppression row is what guarantees no more email
+
+    # ------------------------------------------------------------ rescore
+
+    async def rescore(self, email: str) -> LeadResult:
+        """Recompute one lead's score from its stored events under the funnel in force;
+        `message` is the history line written, None when the score did not change."""
+        lead = self._lead(email)
+        return await self._update(lead.key, LeadWorkflow.rescore, RescoreInput())
+
+    async def rescore_all(self, *, progress: Callable[[int, int], None] | None = None,
+                          concurrency: int = 16) -> RescoreReport:
+        """`rescore` for every lead, a few at a time; `progress(done, total)` after each.
+        A lead that refuses (forgotten meanwhile) is reported and the others go on; no
+        worker or no Temporal stops the whole run (TemporalUnavailable)."""
+        with self.session() as session:
+            emails = crud.lead_emails(session=session)
+        report = RescoreReport(leads=len(emails))
+        semaphore = asyncio.Semaphore(max(1, concurrency))
+        done = 0
+
+        async def one(email: str) -> None:
+            nonlocal done
+            async with semaphore:
+                try:
+                    result = await self.rescore(email)
+                except UserError as error:
+                    report.failed.append((email, str(error)))
+                else:
+                    if result.message:
+                        report.changed.append((email, result.message))
+                done += 1
+                if progress is not None:
+                    progress(done, len(emails))
+
+        tasks = [asyncio.ensure_future(one(email)) for email in emails]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+        return report
+
+    # ------------------------------------------------------------ handoffs
+
+    async def handoff_action(self, handoff_id: int, outcome: str, reason: str | None = None) -> LeadResult:
+        with self.session() as session:
+            handoff = crud.get_handoff(session=session, handoff_id=handoff_id)
+            if handoff is None:
+                raise NotFound(f"handoff {handoff_id}: no such handoff")
+        return await self._update(handoff.lead_key, LeadWorkflow.handoff_outcome,
+                                  HandoffOutcome(handoff_id=handoff_id, outcome=outcome, reason=reason))
+
+    # ------------------------------------------------------------ reads (the store)
+
+    def _lead(self, email: str) -> Lead:
+        try:
+            address = security.normalise_email(email)
+        except ValueError as error:
+            raise UserError(f"email: {error}") from error
+        with self.session() as session:
+            lead = crud.get_lead(session=session, email=address)
+        if lead is None:
+            raise NotFound(f"{address}: no such lead")
+        return lead
+
+    def show(self, email: str) -> dict[str, Any]:
+        lead = self._lead(email)
+        with self.session() as session:
+            return lead_json(session, lead)
+
+    # ------------------------------------------------------------ the workflow
+
+    async def _update(self, key: str, update: Any, arg: Any, *, profile: LeadProfile | None = None) -> LeadResult:
+        """Run an update on the lead's workflow, starting it if it does not run yet."""
+        client = await self.client()
+        start = WithStartWorkflowOperation(
+            LeadWorkflow.run,
+            LeadInput(key=key, profile=profile, sales_sender=self.settings.sales_sender,
+                      max_history=self.settings.max_history),
+            id=self.settings.workflow_id(key),
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            task_queue=self.settings.task_queue,
+        )
+        try:
+            return await asyncio.wait_for(client.execute_update_with_start_workflow(
+                update, arg, start_workflow_operation=start, result_type=LeadResult),
+                timeout=self.settings.update_timeout)
+        except (asyncio.TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as error:
+            raise TemporalUnavailable(
+                f"no worker answered within {self.settings.update_timeout:g}s on task queue "
+                f"'{self.settings.task_queue}': is `nurture up` or `nurture worker` running? "
+                "(stored events are delivered once one runs)") from error
+        except WorkflowUpdateFailedError as error:
+            raise UserError(_failure_message(error)) from error
+        except RPCError as error:
+            raise TemporalUnavailable(f"Temporal refused the request: {error.message}") from error
+
+
+def _failure_message(error: BaseException) -> str:
+    """The handler's or validator's own message, e.g. "already in campaign ..."."""
+    cause = error.__cause__ or error
+    return getattr(cause, "message", None) or str(cause)
+
+
+def _event_id(key: str, type_: str, at: datetime, data: dict[str, Any]) -> str:
+    """A stable id for an event that came without one: the same event twice counts once."""
+    body = f"{key}|{type_}|{at.isoformat()}|{sorted(data.items())}"
+    return "ev-" + hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+def lead_json(session: Session, lead: Lead) -> dict[str, Any]:
+    """`nurture lead show --json` from the store (contract section 4)."""
+    history = crud.list_history(session=session, key=lead.key)
+    return {
+        "email": lead.email,
+        "first_name": lead.first_name,
+        "last_name": lead.last_name,
+        "company": lead.company,
+        "job_title": lead.job_title,
+        "stage": lead.stage,
+        "status": lead.status,
+        "score": lead.score,
+        "fit": lead.fit,
+        "grade": lead.grade,
+        "temperature": lead.temperature,
+        "owner": lead.owner,
+        "bant": {key: lead.bant.get(key) for key in journey.BANT_KEYS},
+        "campaign": lead.campaign,
+        "step": lead.step,
+        "waiting_for": lead.waiting_for,
+        "next_action_at": journey.iso(as_utc(lead.next_action_at)),
+        "created_at": journey.iso(as_utc(lead.created_at)),
+        "history": [
+            {"at": journey.iso(as_utc(h.at)), "kind": h.kind, "delta": h.delta, "reason": h.reason,
+             "score": h.score, **({"detail": h.detail} if h.detail else {})}
+            for h in history
+        ],
+    }
+

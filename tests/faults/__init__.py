@@ -1,0 +1,1 @@
+"""Fault injection: killed workers and servers, a flaky provider, an unavailable database."""

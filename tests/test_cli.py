@@ -1,0 +1,125 @@
+"""The `nurture` command as a user runs it: a subprocess against the test server.
+
+Every error is one line on stderr with the right exit code (1 user error, 2 usage,
+3 service unreachable), never a traceback; `--json` prints one document."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CONTRACT_KEYS = {"email", "stage", "status", "score", "grade", "temperature", "owner", "bant",
+                 "campaign", "step", "history"}
+
+
+@pytest.fixture
+def cli(stack):
+    env = {
+        **os.environ,
+        "NURTURE_HOME": str(stack.settings.home),
+        "NURTURE_DATABASE_URL": stack.settings.db_url,
+        "NURTURE_TEMPORAL_ADDRESS": stack.env.server.address,
+        "NURTURE_TASK_QUEUE": stack.settings.task_queue,
+        "NURTURE_WORKFLOW_PREFIX": stack.settings.workflow_prefix,
+        "NURTURE_CAMPAIGNS_DIR": str(stack.settings.campaigns_dir),
+        "NURTURE_TEMPLATES_DIR": str(stack.settings.templates_dir),
+        "NURTURE_SECRET": "cli-test-secret",
+        "NURTURE_UPDATE_TIMEOUT": "20",
+    }
+    env.pop("SENDGRID_API_KEY", None)
+
+    async def run(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        # In a thread: the test's worker runs on this event loop and must keep serving.
+        return await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "nurture.cli", *args], capture_output=True, text=True,
+            env={**env, **(extra_env or {})}, timeout=60)
+
+    return run
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+async def test_lead_add_show_event_bant_through_the_cli(cli):
+    added = await cli("lead", "add", "--email", " Ann@Globex.Example ", "--first-name", "Ann", "--job-title", "VP Sales",
+                "--company-size", "120", "--source", "web_form", "--attr", "plan=pro", "--json")
+    assert added.returncode == 0, added.stderr
+    lead = json.loads(added.stdout)
+    assert CONTRACT_KEYS <= set(lead)
+    assert lead["email"] == "ann@globex.example" and lead["campaign"] == "b2b-trial" and lead["grade"] == "A"
+    assert lead["bant"] == {"budget": None, "authority": None, "need": None, "timing": None}
+
+    clicked = await cli("event", "ann@globex.example", "email_click", "--step", "case-study", "--campaign", "b2b-trial")
+    assert clicked.returncode == 0, clicked.stderr
+    bant = await cli("bant", "ann@globex.example", "--budget", "yes", "--need", "no")
+    assert bant.returncode == 0, bant.stderr
+
+    shown = json.loads((await cli("lead", "show", "ann@globex.example", "--json")).stdout)
+    assert shown["score"] == 5 and shown["bant"]["budget"] is True and shown["bant"]["need"] is False
+    score = [h for h in shown["history"] if h["kind"] == "score"]
+    assert score[-1]["delta"] == 5 and score[-1]["reason"] == "email_click" and score[-1]["score"] == 5
+    assert [h["at"] for h in shown["history"]] == sorted(h["at"] for h in shown["history"])
+
+    table = await cli("lead", "show", "ann@globex.example")
+    assert table.returncode == 0 and "email_click" in table.stdout and "history" in table.stdout
+    assert json.loads((await cli("handoff", "list", "--json")).stdout) == []
+    outbox = json.loads((await cli("outbox", "--json")).stdout)
+    assert all({"to", "subject", "campaign", "step", "sent_at"} <= set(row) for row in outbox)
+
+
+@pytest.mark.parametrize(("args", "code", "says"), [
+    (("lead", "add", "--email", "not-an-address"), 1, "email: invalid email address 'not-an-address'"),
+    (("lead", "show", "nobody@nowhere.example"), 1, "nobody@nowhere.example: no such lead"),
+    (("enroll", "nobody@nowhere.example", "b2b-trial"), 1, "no such lead"),
+    (("event", "nobody@nowhere.example", "Email-Click"), 2, "TYPE: 'Email-Click' is not an event type"),
+    (("event", "nobody@nowhere.example", "email_click", "--at", "yesterday"), 1, "--at: 'yesterday' is not an ISO 8601"),
+    (("bant", "nobody@nowhere.example", "--budget", "maybe"), 2, "--budget: expected yes or no, got 'maybe'"),
+    (("lead", "add", "--email", "a@b.example", "--attr", "novalue"), 2, "--attr: expected KEY=VALUE"),
+    (("handoff", "accept", "999"), 1, "handoff 999: no such handoff"),
+    (("lead", "add"), 2, "Missing option '--email'"),
+    (("lead", "add", "--email", "a@b.example", "--company-size", "many"), 2, "Invalid value for '--company-size'"),
+])
+async def test_bad_input_gets_one_clean_line_and_the_right_exit_code(cli, args, code, says):
+    result = await cli(*args)
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert says in result.stderr
+    if code == 1:
+        assert one_error_line(result).startswith("error: ")
+
+
+async def test_unreachable_temporal_exits_3_and_writes_nothing(cli, stack):
+    result = await cli("lead", "add", "--email", "late@globex.example", extra_env={"NURTURE_TEMPORAL_ADDRESS": "127.0.0.1:9"})
+    assert result.returncode == 3
+    assert "cannot reach Temporal at 127.0.0.1:9" in one_error_line(result)
+    assert (await cli("lead", "show", "late@globex.example")).returncode == 1  # nothing half-written
+
+
+async def test_campaign_validate_reports_file_line_path_message(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nsender: {from: hello@acme.example}\nsteps:\n  - {id: a, send: welcome}\n"
+                   "  - {id: b, goto: nowhere}\n  - {wait: 2 days}\n")
+    result = await cli("campaign", "validate", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}:5: steps.1.goto: " in result.stderr and "nowhere" in result.stderr
+    assert f"{bad}:6: steps.2.wait: " in result.stderr
+    assert "Traceback" not in result.stderr
+    good = await cli("campaign", "validate", str(Path(__file__).parent.parent / "campaigns"))
+    assert good.returncode == 0, good.stderr
+
+
+async def test_funnel_show_and_campaign_list(cli):
+    funnel = json.loads((await cli("funnel", "show", "--json")).stdout)
+    assert funnel["qualify"]["mql"] == {"score": 50, "min_grade": "C"}
+    names = [c["name"] for c in json.loads((await cli("campaign", "list", "--json")).stdout)]
+    assert names == ["b2b-trial", "recycled-nurture"]

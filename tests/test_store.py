@@ -1,0 +1,136 @@
+"""The store (crud + Alembic migrations) on SQLite and on PostgreSQL.
+
+PostgreSQL tests use a fresh database on 127.0.0.1:5432 (these machines run one) and
+skip with the reason when it cannot be reached."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import inspect
+
+from nurture import crud
+from nurture.db import get_engine, session_scope, upgrade
+from nurture.models import Email, Event, Handoff
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def db(db_url):
+    upgrade(db_url)
+    return db_url
+
+
+def test_migrations_create_every_table_and_are_idempotent(db_url):
+    upgrade(db_url)
+    upgrade(db_url)  # a second run changes nothing
+    tables = set(inspect(get_engine(db_url)).get_table_names())
+    assert {"lead", "event", "history", "email", "handoff", "counter", "suppression", "alembic_version"} <= tables
+
+
+def test_upsert_keeps_fields_not_given_again(db):
+    with session_scope(db) as session:
+        _, created = crud.upsert_lead(session=session, key="k1", email="a@b.example",
+                                      profile={"first_name": "Ann", "company": "Globex", "attributes": {"plan": "pro"}})
+        assert created
+    with session_scope(db) as session:
+        lead, created = crud.upsert_lead(session=session, key="k1", email="a@b.example",
+                                         profile={"job_title": "VP", "attributes": {"seats": "12"}})
+        assert not created
+    with session_scope(db) as session:
+        lead = crud.get_lead(session=session, email="a@b.example")
+        assert (lead.first_name, lead.company, lead.job_title) == ("Ann", "Globex", "VP")
+        assert lead.attributes == {"plan": "pro", "seats": "12"}
+
+
+def test_projection_newest_version_wins_and_history_is_written_once(db):
+    with session_scope(db) as session:
+        crud.upsert_lead(session=session, key="k2", email="c@d.example", profile={})
+    now = datetime.now(timezone.utc)
+    with session_scope(db) as session:
+        crud.apply_projection(session=session, key="k2", version=5, fields={"score": 50, "stage": "mql"})
+        crud.apply_projection(session=session, key="k2", version=3, fields={"score": 10, "stage": "lead"})
+        entries = [{"seq": n, "at": now, "kind": "score", "reason": "email_click", "delta": 5, "score": 5 * n,
+                    "detail": {}} for n in (1, 2)]
+        crud.add_history(session=session, key="k2", entries=entries)
+    with session_scope(db) as session:
+        crud.add_history(session=session, key="k2", entries=entries)  # a retried sync
+        lead = crud.get_lead(session=session, email="c@d.example")
+        assert (lead.score, lead.stage, lead.state_version) == (50, "mql", 5)
+        assert [h.seq for h in crud.list_history(session=session, key="k2")] == [1, 2]
+
+
+def test_an_event_id_is_stored_once(db):
+    event = dict(id="sg:abc", lead_key="k3", type="email_open", at=datetime.now(timezone.utc), data={})
+    with session_scope(db) as session:
+        assert crud.add_event(session=session, event=Event(**event))
+    with session_scope(db) as session:
+        assert not crud.add_event(session=session, event=Event(**event))
+        assert [e.id for e in crud.undispatched_events(session=session, limit=10)] == ["sg:abc"]
+        crud.mark_dispatched(session=session, ids=["sg:abc"])
+    with session_scope(db) as session:
+        assert crud.undispatched_events(session=session, limit=10) == []
+
+
+def test_claiming_a_send_twice_returns_the_first_claim(db):
+    with session_scope(db) as session:
+        first = crud.claim_email(session=session, email=Email(send_id="s1", lead_key="k", template="welcome"))
+        crud.set_email_status(session=session, send_id="s1", status="sending")
+    with session_scope(db) as session:
+        again = crud.claim_email(session=session, email=Email(send_id="s1", lead_key="k", template="other"))
+        assert first.send_id == again.send_id and again.status == "sending" and again.template == "welcome"
+
+
+def test_round_robin_counter_is_atomic_across_threads(db):
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        for _ in range(10):
+            with session_scope(db) as session:
+                value = crud.next_counter(session=session, name="rr")
+            with lock:
+                taken.append(value)
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(taken) == list(range(40))
+
+
+def test_handoff_number_is_unique_per_lead_and_forget_erases_personal_data(db):
+    with session_scope(db) as session:
+        lead, _ = crud.upsert_lead(session=session, key="k4", email="e@f.example", profile={"first_name": "Eve"})
+        crud.create_handoff(session=session, handoff=Handoff(lead_key="k4", number=1, email="e@f.example",
+                                                             snapshot={"lead": {"email": "e@f.example"}}))
+        assert crud.find_handoff(session=session, key="k4", number=1) is not None
+    with session_scope(db) as session:
+        lead = crud.get_lead(session=session, email="e@f.example")
+        crud.forget_lead(session=session, lead=lead, email_hash="h" * 64)
+    with session_scope(db) as session:
+        assert crud.get_lead(session=session, email="e@f.example") is None
+        kept = crud.get_lead_by_key(session=session, key="k4")
+        assert kept.first_name is None and kept.email is None and kept.status == "unsubscribed"
+        assert crud.find_handoff(session=session, key="k4", number=1).snapshot == {}
+        assert crud.is_suppressed(session=session, email_hash="h" * 64) == "forgotten"
+
+
+def test_times_read_back_in_utc(db):
+    at = datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=1)))
+    with session_scope(db) as session:
+        crud.add_event(session=session, event=Event(id="t1", type="page_view", at=at, data={}))
+    with session_scope(db) as session:
+        from nurture.models import as_utc
+
+        stored = session.get(Event, "t1")
+        assert as_utc(stored.at) == at

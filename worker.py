@@ -1,0 +1,51 @@
+"""Runs one nurture worker: `python worker.py` (same as `nurture worker`).
+
+Start several, here or on other machines, against one Temporal cluster to scale out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.email import EmailActivities
+from activities.handoff import HandoffActivities
+from activities.store import StoreActivities
+from nurture.config import Settings
+from workflows.lead import LeadWorkflow
+
+
+def build_worker(client: Client, settings: Settings, *, task_queue: str | None = None, **options: Any) -> Worker:
+    store, email, handoff = StoreActivities(settings), EmailActivities(settings), HandoffActivities(settings)
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=[LeadWorkflow],
+        activities=[
+            store.load_funnel, store.load_campaign, store.pick_campaign, store.load_lead, store.sync_lead,
+            store.load_scoring_events,
+            email.send_email,
+            handoff.open_handoff, handoff.update_handoff, handoff.post_webhook,
+        ],
+        # Sending calls the blocking SendGrid client in threads; give it room.
+        activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=32),
+        max_concurrent_activities=32,
+        # A lead's events come days apart: keeping thousands of idle journeys in memory
+        # buys nothing, and an evicted one replays its (short) history when it wakes.
+        max_cached_workflows=600,
+        **options,
+    )
+
+
+def main() -> None:
+    from nurture.cli import main as cli_main
+
+    cli_main(["worker"])
+
+
+if __name__ == "__main__":
+    main()

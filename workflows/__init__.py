@@ -1,0 +1,1 @@
+"""Workflows: the deterministic decisions of a lead's journey."""
