@@ -37,6 +37,9 @@ from nurture.db import session_scope
 from nurture.emails import Rendered, TemplateError, render_email
 from nurture.models import Email, utcnow
 
+# How long a send accepted by the provider keeps trying to record it (the activity's
+# start-to-close timeout is two minutes; past this, the retry records `unknown`).
+RECORD_SENT_FOR = 90.0
 FINAL_STATUSES = ("sent", "failed", "unknown", "delivered", "opened", "clicked", "bounced", "dropped", "spamreport")
 
 
@@ -146,8 +149,12 @@ class EmailActivities:
 
     def _mark_sending(self, row: Email, rendered: Rendered) -> None:
         with session_scope(self.settings.db_url) as session:
-            crud.set_email_status(session=session, send_id=row.send_id, status="sending",
-                                  subject=rendered.subject[:500], attempts=row.attempts + 1)
+            taken = crud.take_for_sending(session=session, send_id=row.send_id, attempts=row.attempts,
+                                          subject=rendered.subject[:500])
+        if not taken:
+            # Another attempt of this send (this one was timed out while blocked) got
+            # there first: it alone may send. Retrying re-reads the row's outcome.
+            raise ApplicationError(f"send {row.send_id} was taken by another attempt", type="SendTaken")
 
     def _deliver(self, inp: SendEmailInput, rendered: Rendered) -> SendEmailResult:
         try:
@@ -175,18 +182,21 @@ class EmailActivities:
                                type="ProviderRefused", non_retryable=True)
 
     def _record_sent(self, send_id: str, message_id: str | None) -> None:
-        """The provider has the message: keep trying to say so. Giving up here would let the
-        retry find `sending` and record `unknown` for an email we know went out."""
-        delay = 0.5
+        """The provider has the message: keep trying to say so, heartbeating meanwhile
+        (a write blocked on a locked or absent database must not look like a dead
+        worker). Giving up early would let the retry find `sending` and record
+        `unknown` for an email we know went out."""
+        delay, deadline = 0.5, time.monotonic() + RECORD_SENT_FOR
         while True:
             try:
-                self._finish(send_id, "sent", provider_message_id=message_id, sent_at=utcnow(), error=None)
+                _heartbeating(self._finish, send_id, "sent", provider_message_id=message_id,
+                              sent_at=utcnow(), error=None)
                 return
             except DBAPIError as error:
+                if time.monotonic() > deadline:
+                    raise
                 activity.logger.warning("cannot record send %s as sent yet: %s", send_id, error)
                 activity.heartbeat()
-                if activity.is_cancelled():
-                    raise
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -262,12 +272,12 @@ class EmailActivities:
         return message_id
 
 
-def _heartbeating(func: Any, *args: Any) -> Any:
+def _heartbeating(func: Any, *args: Any, **kwargs: Any) -> Any:
     """Run the provider call in a helper thread, heartbeating meanwhile: if this worker
     dies, the server notices within the heartbeat timeout and retries elsewhere (and
     the retry finds the send `sending`, so it is not sent twice)."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendgrid") as pool:
-        call = pool.submit(func, *args)
+        call = pool.submit(func, *args, **kwargs)
         # wait() rather than result(timeout=): in 3.11 a socket timeout raised by the call
         # is the same class as the future's TimeoutError and would be taken for "not yet".
         while not concurrent.futures.wait([call], timeout=2).done:

@@ -230,6 +230,17 @@ def set_email_status(*, session: Session, send_id: str, status: str, **fields: A
     session.execute(update(Email).where(col(Email.send_id) == send_id).values(status=status, updated_at=utcnow(), **fields))
 
 
+def take_for_sending(*, session: Session, send_id: str, attempts: int, subject: str) -> bool:
+    """Move a claimed send to `sending`, only if no other attempt has moved it since this
+    one read it (compare-and-set on status and attempts). Two attempts racing after a
+    timeout can then never both reach the provider."""
+    result = session.execute(
+        update(Email)
+        .where(col(Email.send_id) == send_id, col(Email.status) == "claimed", col(Email.attempts) == attempts)
+        .values(status="sending", subject=subject, attempts=attempts + 1, updated_at=utcnow()))
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
 def list_outbox(*, session: Session, limit: int = 1000) -> Sequence[Email]:
     return session.exec(select(Email).order_by(col(Email.claimed_at)).limit(limit)).all()
 
