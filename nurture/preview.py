@@ -180,8 +180,8 @@ def _event_problems(source: Any, index: int, item: dict[str, Any], name: str, st
 
 
 def _offset(value: Any) -> timedelta:
-    if isinstance(value, str) and _ZERO.match(value.strip().lower()):
-        return timedelta(0)
+    if (isinstance(value, str) and _ZERO.match(value.strip().lower())) or (type(value) is int and value == 0):
+        return timedelta(0)  # "at once": no wait is a valid offset, unlike a `wait: 0` step
     if isinstance(value, (int, str)) and not isinstance(value, bool):
         return parse_duration(value)
     raise ValueError(f"expected a duration like 2d3h, got {_shown(value)}")
