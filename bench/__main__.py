@@ -100,8 +100,8 @@ class Rig:
                                  update_timeout=120)
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        out = open(self.home / f"{args[-1]}.log", "ab")
+    def spawn(self, *args: str, log: str | None = None) -> subprocess.Popen[bytes]:
+        out = open(self.home / f"{log or args[-1]}.log", "ab")
         process = subprocess.Popen([sys.executable, *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                    cwd=str(ROOT))
         self.processes.append(process)
@@ -177,7 +177,7 @@ async def wait_for(predicate: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def engine_phase(rig: Rig, count: int) -> dict[str, float]:
+async def engine_phase(rig: Rig, count: int, workers: int) -> dict[str, float]:
     """Import -> send -> signed webhook open+click -> MQL, end to end, plus ingest latency."""
     import httpx
 
@@ -185,6 +185,8 @@ async def engine_phase(rig: Rig, count: int) -> dict[str, float]:
     from nurture.service import Nurture
 
     worker = rig.spawn("worker.py")
+    for index in range(1, workers):
+        rig.spawn("worker.py", log=f"worker-{index}")
     rig.spawn("-m", "nurture.cli", "api")
     client = await wait_for_server(rig.settings, rig.server)
     nurture = Nurture(rig.settings, client)
@@ -309,6 +311,8 @@ def import_phase(rig: Rig, rows: int) -> dict[str, float]:
 async def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (N=300, 1,000 rows, 1,000 waiting leads)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes against the one dev server (footprint is the first one's)")
     parser.add_argument("--footprint-budget", type=float, default=240.0,
                         help="seconds allowed for parking leads in the footprint phase")
     options = parser.parse_args()
@@ -319,13 +323,13 @@ async def main() -> None:
     rig = Rig(home)
     upgrade(rig.settings.db_url)
     figures: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, {sys.platform}, Python {sys.version.split()[0]}",
-                               "params": sizes, "quick": options.quick}
+                               "params": {**sizes, "workers": options.workers}, "quick": options.quick}
     started = time.perf_counter()
     try:
         log(f"baseline: {sizes['n']} bare workflows")
         figures["baseline_leads_per_s"] = await baseline_phase(rig, sizes["n"])
         log(f"engine: {sizes['n']} leads import -> email -> webhook open+click -> MQL")
-        engine = await engine_phase(rig, sizes["n"])
+        engine = await engine_phase(rig, sizes["n"], options.workers)
         worker_pid = int(engine.pop("worker_pid"))
         figures.update(engine)
         figures["engine_vs_baseline"] = figures["engine_leads_per_s"] / figures["baseline_leads_per_s"]

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     update_timeout: float = 30.0
     # From: of the emails nurture sends to sales owners (handoffs, reminders).
     sales_sender: str = "nurture <nurture@localhost>"
+    # Run lead workflows in Temporal's sandbox (re-imports the workflow module for each
+    # new lead and guards against non-deterministic calls). See README "Performance".
+    workflow_sandbox: bool = True
     http_port: int = 8000
 
     @field_validator("public_url")

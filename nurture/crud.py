@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, literal, or_, update
+from sqlalchemy import and_, case, insert, literal, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -77,19 +77,21 @@ def apply_projection(*, session: Session, key: str, version: int, fields: dict[s
     """Write the workflow's view of the lead unless a newer one is already stored.
 
     Syncs can arrive out of order (retries, concurrent handlers); the version makes
-    the newest win.
+    the newest win. Written as a Core statement: this runs after every change of every
+    lead, and the ORM's bulk-update bookkeeping was most of a worker's CPU here.
     """
+    lead = Lead.__table__
     fields = dict(fields)
     status = fields.pop("status", None)
     if status is not None:
         # A stop written at once by the webhook or the unsubscribe page must not be
         # undone by a projection computed before the workflow heard of it; going back
         # to subscribed is written by the resubscribe path itself.
-        fields["status"] = case((and_(col(Lead.status) != "subscribed", literal(status) == "subscribed"), Lead.status),
+        fields["status"] = case((and_(lead.c.status != "subscribed", literal(status) == "subscribed"), lead.c.status),
                                 else_=literal(status))
-    session.execute(
-        update(Lead)
-        .where(col(Lead.key) == key, col(Lead.state_version) < version)
+    session.connection().execute(
+        update(lead)
+        .where(lead.c.key == key, lead.c.state_version < version)
         .values(**fields, state_version=version, updated_at=utcnow())
     )
 
@@ -99,11 +101,14 @@ def add_history(*, session: Session, key: str, entries: Iterable[dict[str, Any]]
     entries = list(entries)
     if not entries:
         return
+    history = History.__table__
     seqs = [entry["seq"] for entry in entries]
-    known = set(session.exec(select(History.seq).where(History.lead_key == key, col(History.seq).in_(seqs))).all())
-    for entry in entries:
-        if entry["seq"] not in known:
-            session.add(History(lead_key=key, **entry))
+    connection = session.connection()
+    known = set(connection.execute(
+        select(history.c.seq).where(history.c.lead_key == key, history.c.seq.in_(seqs))).scalars())
+    rows = [{**entry, "lead_key": key} for entry in entries if entry["seq"] not in known]
+    if rows:
+        connection.execute(insert(history), rows)
 
 
 def list_history(*, session: Session, key: str) -> Sequence[History]:

@@ -49,7 +49,9 @@ def test_the_recorded_journeys_are_there_and_not_trivial() -> None:
         assert types["WORKFLOW_EXECUTION_STARTED"] == 1, path.name
         # sends are activities, the store is written by local activities (markers), waits are timers
         assert types["ACTIVITY_TASK_SCHEDULED"] >= 1 and types["MARKER_RECORDED"] >= 5, (path.name, types)
-        assert types["TIMER_STARTED"] >= 2 and types["WORKFLOW_EXECUTION_UPDATE_COMPLETED"] >= 1, (path.name, types)
+        # (the unsubscribe journey ends during its first wait: one timer)
+        assert types["TIMER_STARTED"] >= 1 + (path.stem != "unsubscribe"), (path.name, types)
+        assert types["WORKFLOW_EXECUTION_UPDATE_COMPLETED"] >= 1, (path.name, types)
         assert not types["WORKFLOW_EXECUTION_CONTINUED_AS_NEW"], f"{path.name}: one run per file"
 
 
@@ -68,16 +70,17 @@ async def test_all_recorded_journeys_replay_without_failures() -> None:
 
 
 def _with_an_extra_wait(monkeypatch: pytest.MonkeyPatch, *, patch_id: str | None) -> None:
-    """LeadWorkflow whose `wait` steps first sleep one more second: a new timer command,
-    added as is, or behind `workflow.patched(patch_id)` as README.md says."""
-    original = LeadWorkflow._run_wait
+    """LeadWorkflow whose `send` steps first sleep one more second: a new timer command
+    where the history has the send's activity, added as is, or behind
+    `workflow.patched(patch_id)` as README.md says."""
+    original = LeadWorkflow._run_send
 
-    async def run_wait(self: LeadWorkflow, enrollment: Any, step: Any) -> int | None:
+    async def run_send(self: LeadWorkflow, enrollment: Any, step: Any) -> int | None:
         if patch_id is None or workflow.patched(patch_id):
             await workflow.sleep(timedelta(seconds=1))
         return await original(self, enrollment, step)
 
-    monkeypatch.setattr(LeadWorkflow, "_run_wait", run_wait)
+    monkeypatch.setattr(LeadWorkflow, "_run_send", run_send)
 
 
 # The sandbox re-imports workflows.lead and would not see a monkeypatch: these run unsandboxed.

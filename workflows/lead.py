@@ -95,6 +95,7 @@ class LeadWorkflow:
 
     @workflow.run
     async def run(self, inp: LeadInput) -> None:
+        self._spawn(self._sync_loop())
         if not self.ready:
             await self._first_start(inp)
         self._spawn(self._decay_loop())
@@ -131,7 +132,6 @@ class LeadWorkflow:
             for event in events:
                 journey.apply_event(self.s, funnel, event, workflow.now())
             await self._settle(funnel)
-            await self._sync()
             self.ready = True
 
     def _continue_now(self) -> bool:
@@ -171,7 +171,6 @@ class LeadWorkflow:
                 enrollment.deadline = None
                 enrollment.waiting_for = None
                 journey.touch(self.s)
-                await self._sync()
 
     def _index_of(self, enrollment: Enrollment, step_id: str | None, default: int) -> int:
         """A jump target's index; a missing target ends the campaign (never a crash)."""
@@ -197,7 +196,6 @@ class LeadWorkflow:
                 self.s.marketing_sent_at.append(workflow.now())
                 del self.s.marketing_sent_at[:-journey.SENDS_KEPT]
             self._note_email(step.send, result, {"campaign": campaign.name, "step": step.id, "variant": variant})
-            await self._sync()
         return enrollment.step_index + 1
 
     async def _wait_for_send_slot(self, enrollment: Enrollment) -> bool:
@@ -223,7 +221,6 @@ class LeadWorkflow:
                     else:
                         reason = f"{enrollment.step_id}: held for the send window until {until}"
                     journey.note(self.s, now, "email", reason, detail=detail)
-                    await self._sync()
             if not await self._sleep_until(enrollment, release):
                 return False
 
@@ -233,7 +230,6 @@ class LeadWorkflow:
                 enrollment.deadline = enrollment.step_started_at + step.wait
                 enrollment.waiting_for = f"wait {format_duration(step.wait)}"
                 journey.touch(self.s)
-                await self._sync()
         if not await self._sleep_until(enrollment, enrollment.deadline):
             return None
         return enrollment.step_index + 1
@@ -245,7 +241,6 @@ class LeadWorkflow:
                 enrollment.deadline = enrollment.step_started_at + step.timeout
                 enrollment.waiting_for = f"{awaited.event}" + (f" on {awaited.step}" if awaited.step else "")
                 journey.touch(self.s)
-                await self._sync()
         since = enrollment.step_started_at
 
         def seen() -> bool:
@@ -306,7 +301,6 @@ class LeadWorkflow:
             if enrollment is None:
                 return
             self._leave(enrollment, reason)
-            await self._sync()
 
     def _leave(self, enrollment: Enrollment, reason: str) -> None:
         name = enrollment.campaign.name
@@ -319,7 +313,6 @@ class LeadWorkflow:
     async def _note_branch(self, reason: str) -> None:
         async with self.lock:
             journey.note(self.s, workflow.now(), "note", reason)
-            await self._sync()
 
     # ------------------------------------------------------------ handlers
 
@@ -374,6 +367,7 @@ class LeadWorkflow:
     async def record_events(self, inp: EventsInput) -> LeadResult:
         """Same as the signal, but the caller waits until the store shows the result."""
         await self._apply_events(inp)
+        await self._sync()
         return LeadResult(journey.show(self.s, self._funnel()))
 
     @record_events.validator
@@ -391,7 +385,6 @@ class LeadWorkflow:
             for event in inp.events:
                 journey.apply_event(self.s, funnel, event, workflow.now())
             await self._settle(funnel)
-            await self._sync()
 
     @workflow.update
     async def set_bant(self, inp: BantInput) -> LeadResult:
@@ -624,7 +617,6 @@ class LeadWorkflow:
                     await self._open_handoff(funnel, reassign_from=previous)
                     # both hear of it: the new owner got the handoff email, the old one this
                     await self._notify_owner(funnel, handoff_id, previous, "taken-away")
-                await self._sync()
 
     async def _post_webhook(self, pending: dict[str, Any]) -> None:
         """POST the handoff to the CRM webhook, retrying for up to three days. A run that
@@ -644,7 +636,6 @@ class LeadWorkflow:
         async with self.lock:
             self.s.pending_webhooks = [p for p in self.s.pending_webhooks if p["handoff_id"] != handoff_id]
             journey.note(self.s, workflow.now(), "handoff", f"handoff {handoff_id} webhook {status}")
-            await self._sync()
 
     # ------------------------------------------------------------ decay
 
@@ -664,8 +655,7 @@ class LeadWorkflow:
                 pass
             async with self.lock:
                 funnel = await self._load_funnel()
-                if journey.apply_decay(self.s, funnel, workflow.now()):
-                    await self._sync()
+                journey.apply_decay(self.s, funnel, workflow.now())
 
     # ------------------------------------------------------------ shared pieces
 
@@ -702,18 +692,27 @@ class LeadWorkflow:
         return self.funnel
 
     async def _sync(self) -> None:
-        """Project state and new history into the store (idempotent; newest version wins)."""
-        if self.s.version == self.synced_version:
-            return
-        batch = list(self.s.unsynced)
-        version = self.s.version
-        await workflow.execute_local_activity_method(
-            StoreActivities.sync_lead,
-            SyncLeadInput(self.s.key, version, journey.projection(self.s, self._funnel()), batch),
-            start_to_close_timeout=LOCAL)
-        last = batch[-1].seq if batch else 0
-        self.s.unsynced = [entry for entry in self.s.unsynced if entry.seq > last]
-        self.synced_version = max(self.synced_version, version)
+        """Wait until the store shows the state as it is now: update handlers call this
+        before answering, so the CLI and API read their own writes."""
+        target = self.s.version
+        await workflow.wait_condition(lambda: self.synced_version >= target)
+
+    async def _sync_loop(self) -> None:
+        """Project state and new history into the store whenever it changed (idempotent;
+        newest version wins). Condition checks run once every coroutine of an activation
+        is blocked, so the changes of one activation (an email noted, the step advanced,
+        the next wait set) cost one write, and the write runs in the same workflow task."""
+        while True:
+            await workflow.wait_condition(lambda: self.ready and self.s.version != self.synced_version)
+            batch = list(self.s.unsynced)
+            version = self.s.version
+            await workflow.execute_local_activity_method(
+                StoreActivities.sync_lead,
+                SyncLeadInput(self.s.key, version, journey.projection(self.s, self._funnel()), batch),
+                start_to_close_timeout=LOCAL)
+            last = batch[-1].seq if batch else 0
+            self.s.unsynced = [entry for entry in self.s.unsynced if entry.seq > last]
+            self.synced_version = max(self.synced_version, version)
 
 
 def _cause(error: BaseException) -> str:
