@@ -311,7 +311,7 @@ def import_phase(rig: Rig, rows: int) -> dict[str, float]:
 async def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (N=300, 1,000 rows, 1,000 waiting leads)")
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=int, default=2,
                         help="worker processes against the one dev server (footprint is the first one's)")
     parser.add_argument("--footprint-budget", type=float, default=240.0,
                         help="seconds allowed for parking leads in the footprint phase")
