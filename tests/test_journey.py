@@ -162,3 +162,46 @@ async def test_state_survives_continue_as_new(temporal_env, tmp_path):
         assert stack.show(email)["score"] == 12
         await stack.forward(email, 30 * DAY)
         assert sent_steps(stack.show(email)) == ["welcome", "case-study", "reminder", "end"]
+
+
+# ---------------------------------------------------------------- send windows across DST
+
+DST_CAMPAIGN = """\
+name: dst-check
+sender: {from: "Acme <hello@acme.example>"}
+send_window: {timezone: lead, default_timezone: Europe/Paris, days: [mon, tue, wed, thu, fri], hours: "09:00-17:30"}
+steps:
+  - {id: hello, send: welcome}
+"""
+
+
+@pytest.mark.parametrize("zone, due, sent", [
+    # due on the Saturday of the change weekend; sent Monday 09:00 local, after the change
+    ("Europe/Paris", "2027-03-27T10:00:00+00:00", "2027-03-29T07:00:00Z"),  # CET -> CEST (+2)
+    ("Europe/Paris", "2027-10-30T10:00:00+00:00", "2027-11-01T08:00:00Z"),  # CEST -> CET (+1)
+    ("America/New_York", "2027-03-13T15:00:00+00:00", "2027-03-15T13:00:00Z"),  # EST -> EDT (-4)
+    ("America/New_York", "2027-11-06T15:00:00+00:00", "2027-11-08T14:00:00Z"),  # EDT -> EST (-5)
+])
+async def test_an_email_due_on_a_dst_weekend_goes_out_monday_9_local(temporal_env, tmp_path, zone, due, sent):
+    # On the real server: the lead's clock is moved to the weekend of the change, the lead is
+    # enrolled, and the send waits for Monday 09:00 in its zone, whose UTC offset has changed.
+    from datetime import datetime
+
+    from tests.conftest import ROOT, _stack, make_settings
+
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    (campaigns / "dst-check.yaml").write_text(DST_CAMPAIGN)
+    (campaigns / "funnel.yaml").write_text((ROOT / "campaigns" / "funnel.yaml").read_text())
+    async with _stack(temporal_env, make_settings(tmp_path / "home", campaigns_dir=campaigns)) as stack:
+        email = "dst@globex.example"
+        await stack.add(email, first_name="Dana", timezone=zone, source="web_form")
+        handle = stack.handle(email)
+        await stack.forward(email, datetime.fromisoformat(due) - await stack.env.now(handle))
+        await stack.nurture.enroll(email, "dst-check")
+        held = [h for h in stack.show(email)["history"] if "held for the send window" in h["reason"]]
+        assert [h["detail"]["until"] for h in held] == [sent]
+        await stack.forward(email, 3 * DAY)
+        lead = stack.show(email)
+        (mail,) = [h for h in lead["history"] if h["kind"] == "email" and h["reason"].startswith("sent welcome")]
+        assert mail["at"][:16] == sent[:16], (mail["at"], sent)
