@@ -89,6 +89,7 @@ class LeadWorkflow:
         self.ready = inp.state is not None
         self.forgotten = False
         self.synced_version = self.s.version if inp.state else -1
+        self.flushes_wanted = 0
         self.background: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------ main loop
@@ -695,15 +696,22 @@ class LeadWorkflow:
         """Wait until the store shows the state as it is now: update handlers call this
         before answering, so the CLI and API read their own writes."""
         target = self.s.version
-        await workflow.wait_condition(lambda: self.synced_version >= target)
+        self.flushes_wanted += 1
+        try:
+            await workflow.wait_condition(lambda: self.synced_version >= target)
+        finally:
+            self.flushes_wanted -= 1
 
     async def _sync_loop(self) -> None:
         """Project state and new history into the store whenever it changed (idempotent;
         newest version wins). Condition checks run once every coroutine of an activation
         is blocked, so the changes of one activation (an email noted, the step advanced,
-        the next wait set) cost one write, and the write runs in the same workflow task."""
+        the next wait set) cost one write, and the write runs in the same workflow task.
+        A change still in progress under the lock (a handler waiting on a local activity
+        halfway) is not written until it is done, unless the handler asks for it."""
         while True:
-            await workflow.wait_condition(lambda: self.ready and self.s.version != self.synced_version)
+            await workflow.wait_condition(lambda: self.ready and self.s.version != self.synced_version
+                                          and (self.flushes_wanted > 0 or not self.lock.locked()))
             batch = list(self.s.unsynced)
             version = self.s.version
             await workflow.execute_local_activity_method(
