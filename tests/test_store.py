@@ -134,3 +134,28 @@ def test_times_read_back_in_utc(db):
 
         stored = session.get(Event, "t1")
         assert as_utc(stored.at) == at
+
+
+def test_a_retried_reassignment_takes_one_round_robin_turn(db, tmp_path):
+    # The reassignment activity may run twice (its first attempt's answer lost): the retry
+    # finds the handoff already moved off the excluded owner and takes no second turn.
+    from activities.handoff import HandoffActivities, OpenHandoffInput
+    from nurture.campaign import load_funnel
+    from tests.conftest import ROOT, make_settings
+
+    rules = load_funnel(ROOT / "campaigns" / "funnel.yaml").handoff
+    activities = HandoffActivities(make_settings(tmp_path, database_url=db))
+
+    def open_(exclude: str | None) -> tuple[int, str | None]:
+        result = activities.open_handoff(OpenHandoffInput(
+            lead_key="k1", number=1, email="a@b.example", profile={}, rules=rules, score=60, grade="A",
+            snapshot={}, exclude_owner=exclude))
+        return result.id, result.owner
+
+    first_id, first_owner = open_(None)
+    assert open_(None) == (first_id, first_owner)  # a retried open: same handoff, same owner
+    moved = open_(first_owner)
+    assert moved[0] == first_id and moved[1] not in (None, first_owner)
+    assert open_(first_owner) == moved  # the retried reassignment
+    with session_scope(db) as session:
+        assert crud.next_counter(session=session, name="handoff_round_robin") == 2  # turns 0 and 1 only
