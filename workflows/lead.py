@@ -707,11 +707,11 @@ class LeadWorkflow:
         newest version wins). Condition checks run once every coroutine of an activation
         is blocked, so the changes of one activation (an email noted, the step advanced,
         the next wait set) cost one write, and the write runs in the same workflow task.
-        A change still in progress under the lock (a handler waiting on a local activity
-        halfway) is not written until it is done, unless the handler asks for it."""
+        A change still in progress (under the lock, or a handler not yet through) is not
+        written until it is done, unless a handler asks for the write."""
         while True:
-            await workflow.wait_condition(lambda: self.ready and self.s.version != self.synced_version
-                                          and (self.flushes_wanted > 0 or not self.lock.locked()))
+            await workflow.wait_condition(lambda: self.ready and self.s.version != self.synced_version and (
+                self.flushes_wanted > 0 or (not self.lock.locked() and workflow.all_handlers_finished())))
             batch = list(self.s.unsynced)
             version = self.s.version
             await workflow.execute_local_activity_method(
