@@ -149,16 +149,20 @@ def suppress(*, session: Session, email_hash: str, reason: str) -> None:
         session.flush()
 
 
-def suppress_now(*, session: Session, lead: Lead | None, address: str | None, type_: str) -> None:
+def suppress_now(*, session: Session, lead: Any, address: str | None, type_: str) -> None:
     """An unsubscribe, bounce, drop or spam report ends marketing email now, not when
-    the workflow hears of it: the send activity re-checks this row before every send."""
+    the workflow hears of it: the send activity re-checks this row before every send.
+
+    `lead` is a Lead or any object with its `key`, `email` and `status` (the webhook
+    reads only those columns); the row is changed by one UPDATE either way."""
     target = address or (lead.email if lead is not None else None)
     if type_ == "email_spamreport" and target:
         suppress(session=session, email_hash=security.email_hash(target), reason="complained")
     if lead is not None and lead.email is not None and lead.status == "subscribed":
-        lead.status = SUPPRESSING_EVENTS[type_]
-        lead.updated_at = utcnow()
-        session.add(lead)
+        status = SUPPRESSING_EVENTS[type_]
+        session.execute(update(Lead).where(col(Lead.key) == lead.key, col(Lead.status) == "subscribed")
+                        .values(status=status, updated_at=utcnow()))
+        lead.status = status  # later events of the same batch see it
 
 
 def is_suppressed(*, session: Session, email_hash: str) -> str | None:

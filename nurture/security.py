@@ -139,8 +139,8 @@ def normalise_email(raw: str) -> str:
         or "@" in domain
         or "." not in domain
         or any(not label for label in domain.split("."))
-        or any(ch.isspace() for ch in email)
-        or not email.isprintable()
+        or " " in email
+        or not email.isprintable()  # with the line above: no whitespace at all
         or len(email) > MAX_EMAIL_CHARS
     ):
         raise ValueError(f"invalid email address {raw!r}")
