@@ -28,6 +28,7 @@ from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Category, CustomArg, From, Header, Mail, ReplyTo, To
 from sqlalchemy.exc import DBAPIError
+from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -84,12 +85,9 @@ class EmailActivities:
 
     @activity.defn
     def send_email(self, inp: SendEmailInput) -> SendEmailResult:
-        blocked = self._suppressed(inp)
-        if blocked:
-            return SendEmailResult(status="suppressed", error=blocked)
-        row, previous = self._claim(inp)
-        if previous is not None:
-            return previous
+        row = self._check_and_claim(inp)
+        if isinstance(row, SendEmailResult):
+            return row  # suppressed, or the outcome of an earlier attempt
         try:
             rendered = self._render(inp)
         except TemplateError as error:
@@ -100,37 +98,40 @@ class EmailActivities:
 
     # ------------------------------------------------------------ steps
 
-    def _suppressed(self, inp: SendEmailInput) -> str | None:
+    def _suppressed(self, session: Session, inp: SendEmailInput) -> str | None:
         """Re-check reality at the moment of sending: the workflow may not know yet."""
-        with session_scope(self.settings.db_url) as session:
-            reason = crud.is_suppressed(session=session, email_hash=security.email_hash(inp.to))
-            if reason:
-                return f"address suppressed ({reason})"
-            lead = crud.get_lead_by_key(session=session, key=inp.lead_key)
-            if inp.marketing and lead is not None and lead.status != "subscribed":
-                return f"status {lead.status}"
+        reason = crud.is_suppressed(session=session, email_hash=security.email_hash(inp.to))
+        if reason:
+            return f"address suppressed ({reason})"
+        status = crud.lead_status(session=session, key=inp.lead_key)
+        if inp.marketing and status not in (None, "subscribed"):
+            return f"status {status}"
         return None
 
-    def _claim(self, inp: SendEmailInput) -> tuple[Email, SendEmailResult | None]:
+    def _check_and_claim(self, inp: SendEmailInput) -> Email | SendEmailResult:
+        """Suppression re-checked and the send claimed, in one transaction."""
         with session_scope(self.settings.db_url) as session:
+            blocked = self._suppressed(session, inp)
+            if blocked:
+                return SendEmailResult(status="suppressed", error=blocked)
             row = crud.claim_email(session=session, email=Email(
                 send_id=inp.send_id, lead_key=inp.lead_key, to=inp.to, campaign=inp.campaign, step=inp.step,
                 template=inp.template, variant=inp.variant, marketing=inp.marketing,
                 provider="sendgrid" if self.settings.sendgrid_api_key else "outbox",
             ))
             if row.status in FINAL_STATUSES:
-                return row, _result_of(row)
+                return _result_of(row)
             if row.status == "sending":
                 if row.provider == "outbox" and self._outbox_path(inp.send_id).exists():
                     crud.set_email_status(session=session, send_id=inp.send_id, status="sent", sent_at=utcnow())
                     row.status = "sent"
-                    return row, _result_of(row)
+                    return _result_of(row)
                 # The previous attempt may have reached the provider: never send twice.
                 crud.set_email_status(session=session, send_id=inp.send_id, status="unknown",
                                       error="attempt interrupted after the send started; not retried")
                 row.status = "unknown"
-                return row, _result_of(row)
-            return row, None
+                return _result_of(row)
+            return row
 
     def _render(self, inp: SendEmailInput) -> Rendered:
         secret = self.settings.signing_secret()

@@ -165,6 +165,11 @@ def suppress_now(*, session: Session, lead: Any, address: str | None, type_: str
         lead.status = status  # later events of the same batch see it
 
 
+def lead_status(*, session: Session, key: str) -> str | None:
+    """The lead's status column alone (None for an unknown key)."""
+    return session.execute(select(Lead.status).where(Lead.key == key)).scalar_one_or_none()
+
+
 def is_suppressed(*, session: Session, email_hash: str) -> str | None:
     row = session.get(Suppression, email_hash)
     return row.reason if row else None
@@ -236,18 +241,23 @@ def claim_email(*, session: Session, email: Email) -> Email:
 
 
 def set_email_status(*, session: Session, send_id: str, status: str, **fields: Any) -> None:
-    session.execute(update(Email).where(col(Email.send_id) == send_id).values(status=status, updated_at=utcnow(), **fields))
+    # Core statements here and below: every send runs them, and the ORM's bulk-update
+    # bookkeeping (matching the session's objects) cost more than the write itself.
+    email = Email.__table__
+    session.connection().execute(
+        update(email).where(email.c.send_id == send_id).values(status=status, updated_at=utcnow(), **fields))
 
 
 def take_for_sending(*, session: Session, send_id: str, attempts: int, subject: str) -> bool:
     """Move a claimed send to `sending`, only if no other attempt has moved it since this
     one read it (compare-and-set on status and attempts). Two attempts racing after a
     timeout can then never both reach the provider."""
-    result = session.execute(
-        update(Email)
-        .where(col(Email.send_id) == send_id, col(Email.status) == "claimed", col(Email.attempts) == attempts)
+    email = Email.__table__
+    result = session.connection().execute(
+        update(email)
+        .where(email.c.send_id == send_id, email.c.status == "claimed", email.c.attempts == attempts)
         .values(status="sending", subject=subject, attempts=attempts + 1, updated_at=utcnow()))
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return result.rowcount == 1
 
 
 def list_outbox(*, session: Session, limit: int = 1000) -> Sequence[Email]:
