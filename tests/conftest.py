@@ -49,6 +49,9 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
         "workflow_prefix": f"lead-{uuid.uuid4().hex[:8]}-",
         "secret": "test-secret-do-not-use",
         "api_keys": "test-key",
+        # Production runs unsandboxed for speed; the tests keep the sandbox's guard, so a
+        # non-deterministic call in workflow code fails here instead of in a replay.
+        "workflow_sandbox": True,
     }
     values.update(overrides)
     return Settings(**values)
