@@ -45,7 +45,7 @@ from rich.text import Text
 
 from nurture import crud, security
 from nurture.models import Lead, utcnow
-from nurture.service import LeadIn, Nurture, UserError
+from nurture.service import LeadIn, Nurture, StoredLead, UserError
 
 IN_FLIGHT = 32  # add_lead calls running at once
 
@@ -424,42 +424,57 @@ class _Import:
             self.problem(line, column, message)
 
     async def flush(self, pending: list[tuple[int, Parsed]]) -> None:
-        """Compare a batch with the store; send what changed to the service, bounded."""
-        work: list[tuple[int, LeadIn, bool]] = []
-        with self.nurture.session() as session:
-            for line, parsed in pending:
-                lead = crud.get_lead(session=session, email=parsed.email)
-                # state_version 0: stored, but its workflow never ran (an earlier run stopped
-                # between the store and Temporal): still new, whatever the row says.
-                new = lead is None or lead.state_version == 0
-                if lead is not None and not new and not differs(lead, parsed):
-                    self.report.unchanged += 1
-                    continue
-                fields = dict(parsed.fields)
-                if new:
-                    fields.setdefault("source", self.source)  # the default never overwrites a known source
-                work.append((line, LeadIn(email=parsed.email, attributes=parsed.attributes or None,
-                                          consent_at=self.consent_at if parsed.consent else None, **fields),
-                             new))
+        """Store a batch (in one transaction, off the event loop), then hand what
+        changed to the leads' workflows, a bounded number at once."""
+        rows = list(pending)
         pending.clear()
-        for line, data, created in work:
+        stored, unchanged, refused = await asyncio.to_thread(self._store, rows)
+        self.report.unchanged += unchanged
+        for line, message in refused:
+            self.reject(line, [("email", message)])
+        for line, lead, created in stored:
             await self.slots.acquire()
             self.raise_failure()
-            task = asyncio.create_task(self.add(line, data, created))
+            task = asyncio.create_task(self.add(line, lead, created))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         await asyncio.sleep(0)  # let the calls (and anything else on this loop) run
         self.raise_failure()
 
-    async def add(self, line: int, data: LeadIn, created: bool) -> None:
+    def _store(self, rows: list[tuple[int, Parsed]]) -> tuple[list[tuple[int, StoredLead, bool]], int, list[tuple[int, str]]]:
+        """Compare each row with the store and write the new or changed ones: one
+        transaction per batch, so the import takes the database's write lock once per
+        batch rather than once per row (SQLite's lock waits were most of its time)."""
+        stored: list[tuple[int, StoredLead, bool]] = []
+        refused: list[tuple[int, str]] = []
+        unchanged = 0
+        with self.nurture.session() as session:
+            for line, parsed in rows:
+                lead = crud.get_lead(session=session, email=parsed.email)
+                # state_version 0: stored, but its workflow never ran (an earlier run stopped
+                # between the store and Temporal): still new, whatever the row says.
+                new = lead is None or lead.state_version == 0
+                if lead is not None and not new and not differs(lead, parsed):
+                    unchanged += 1
+                    continue
+                fields = dict(parsed.fields)
+                if new:
+                    fields.setdefault("source", self.source)  # the default never overwrites a known source
+                data = LeadIn(email=parsed.email, attributes=parsed.attributes or None,
+                              consent_at=self.consent_at if parsed.consent else None, **fields)
+                try:
+                    stored.append((line, self.nurture.store_lead(session, data), new))
+                except UserError as error:  # suppressed: nothing written for this row
+                    refused.append((line, str(error).removeprefix("email: ")))
+        return stored, unchanged, refused
+
+    async def add(self, line: int, lead: StoredLead, created: bool) -> None:
         try:
-            result = await self.nurture.add_lead(data, campaign=self.campaign if created else None)
+            result = await self.nurture.start_lead(lead, campaign=self.campaign if created else None)
         except UserError as error:
-            message = str(error)
-            column = "email" if "suppression list" in message else "row"
-            self.reject(line, [(column, message.removeprefix("email: "))])
+            self.reject(line, [("row", str(error))])
             return
-        except Exception as error:  # noqa: BLE001 - TemporalUnavailable, a store failure: stop the import
+        except Exception as error:  # noqa: BLE001 - TemporalUnavailable: stop the import
             if self.failure is None:
                 self.failure = error
             return

@@ -76,6 +76,15 @@ class LeadIn:
 
 
 @dataclass
+class StoredLead:
+    """A lead row as written, ready to hand to its workflow."""
+
+    key: str
+    profile: LeadProfile
+    created: bool
+
+
+@dataclass
 class RescoreReport:
     """What `nurture rescore --all` did."""
 
@@ -105,22 +114,31 @@ class Nurture:
 
     async def add_lead(self, data: LeadIn, *, campaign: str | None = None) -> LeadResult:
         """Create or update a lead by email; enroll it by name or by `auto_on: created`."""
-        try:
-            email = security.normalise_email(data.email)
-        except ValueError as error:
-            raise UserError(f"email: {error}") from error
+        _normalised(data.email)  # a bad address is the user's error, whatever else is down
         await self.client()  # fail fast (exit 3) before writing anything
-        key = journey.lead_key(email)
         with self.session() as session:
-            if crud.is_suppressed(session=session, email_hash=security.email_hash(email)):
-                raise UserError(f"{email} is on the suppression list (forgotten or complained); it is never mailed again")
-            profile = {name: getattr(data, name) for name in crud.PROFILE_COLUMNS}
-            profile["attributes"] = data.attributes or {}
-            lead, created = crud.upsert_lead(session=session, key=key, email=email, profile=profile,
-                                             consent_at=data.consent_at)
-            full = LeadProfile(**crud.profile_of(lead))
-        return await self._update(key, LeadWorkflow.upsert_profile,
-                                  ProfileUpdate(profile=full, created=created, campaign=campaign), profile=full)
+            stored = self.store_lead(session, data)
+        return await self.start_lead(stored, campaign=campaign)
+
+    def store_lead(self, session: Session, data: LeadIn) -> StoredLead:
+        """Write the lead's row (created, or the fields given filled in) in the caller's
+        transaction; UserError, with nothing written, if the address may not be used."""
+        email = _normalised(data.email)
+        if crud.is_suppressed(session=session, email_hash=security.email_hash(email)):
+            raise UserError(f"{email} is on the suppression list (forgotten or complained); it is never mailed again")
+        profile = {name: getattr(data, name) for name in crud.PROFILE_COLUMNS}
+        profile["attributes"] = data.attributes or {}
+        lead, created = crud.upsert_lead(session=session, key=journey.lead_key(email), email=email, profile=profile,
+                                         consent_at=data.consent_at)
+        # state_version 0: stored before, but its workflow never got through a first
+        # task (a run stopped between the store and Temporal): it is still new to it.
+        return StoredLead(lead.key, LeadProfile(**crud.profile_of(lead)), created or lead.state_version == 0)
+
+    async def start_lead(self, stored: StoredLead, *, campaign: str | None = None) -> LeadResult:
+        """Hand a stored lead to its workflow (started if new), waiting for the result."""
+        return await self._update(stored.key, LeadWorkflow.upsert_profile,
+                                  ProfileUpdate(profile=stored.profile, created=stored.created, campaign=campaign),
+                                  profile=stored.profile)
 
     async def enroll(self, email: str, campaign: str, *, switch: bool = False) -> LeadResult:
         lead = self._lead(email)
@@ -319,6 +337,13 @@ class Nurture:
             raise UserError(_failure_message(error)) from error
         except RPCError as error:
             raise TemporalUnavailable(f"Temporal refused the request: {error.message}") from error
+
+
+def _normalised(email: str) -> str:
+    try:
+        return security.normalise_email(email)
+    except ValueError as error:
+        raise UserError(f"email: {error}") from error
 
 
 def _failure_message(error: BaseException) -> str:

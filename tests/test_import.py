@@ -164,9 +164,11 @@ async def test_campaign_enrolls_new_leads_that_match_and_reports_the_others(stac
     assert (again.created, again.updated, again.unchanged, again.problems) == (0, 0, 3, [])
 
 
-async def test_a_lead_stored_but_never_started_is_finished_by_a_rerun(stack, tmp_path):
+@pytest.mark.parametrize("campaign", ["b2b-trial", None], ids=["named", "auto_on-created"])
+async def test_a_lead_stored_but_never_started_is_finished_by_a_rerun(stack, tmp_path, campaign):
     """An earlier run that stopped between the store and Temporal leaves a row with no
-    workflow; the same file again must not count it unchanged."""
+    workflow; the same file again must not count it unchanged, and the lead enters its
+    campaign as a new lead would (named, or by `auto_on: created`)."""
     from nurture import journey
 
     with stack.session() as session:
@@ -174,11 +176,11 @@ async def test_a_lead_stored_but_never_started_is_finished_by_a_rerun(stack, tmp
                          profile={"first_name": "Ann", "source": "web_form", "attributes": {}})
     path = write_csv(tmp_path / "a.csv", "email,first_name,source", ["ann@acme.example,Ann,web_form"])
 
-    report = await import_file(stack.nurture, path, campaign="b2b-trial")
+    report = await import_file(stack.nurture, path, campaign=campaign)
 
     assert (report.created, report.updated, report.unchanged, report.problems) == (1, 0, 0, [])
     assert stack.show("ann@acme.example")["campaign"] == "b2b-trial"
-    again = await import_file(stack.nurture, path, campaign="b2b-trial")
+    again = await import_file(stack.nurture, path, campaign=campaign)
     assert (again.created, again.updated, again.unchanged) == (0, 0, 1)
 
 
