@@ -192,7 +192,7 @@ def add_event(*, session: Session, event: Event) -> bool:
 
 def mark_dispatched(*, session: Session, ids: Sequence[str]) -> None:
     if ids:
-        session.execute(update(Event).where(col(Event.id).in_(ids)).values(dispatched_at=utcnow()))
+        session.execute(update(Event).where(col(Event.id).in_(ids)).values(dispatched_at=utcnow(), claimed_until=None))
 
 
 def undispatched_events(*, session: Session, limit: int) -> Sequence[Event]:

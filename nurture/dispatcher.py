@@ -8,11 +8,12 @@ after Temporal has durably taken the signal, so an event answered with a 2xx is 
 lost: if Temporal is down the rows simply wait. Delivery is at-least-once; the
 workflow drops event ids it has already applied, so a repeat changes nothing.
 
-Several dispatchers (one per worker) may run at once. On PostgreSQL each claims its
-batch with `SELECT ... FOR UPDATE SKIP LOCKED`, holding the row locks until it has
-delivered and marked them, so two dispatchers never take the same rows. SQLite
-ignores FOR UPDATE; there two dispatchers may deliver the same event twice, which is
-harmless (duplicate ids are dropped by the workflow) and rare (SQLite means one host).
+Several dispatchers (one per worker) may run at once. Each takes its batch with one
+UPDATE that leases the rows (`claimed_until`, a minute ahead), on SQLite as on
+PostgreSQL (where the read also skips rows another claim has locked), so two
+dispatchers never deliver the same events. A dispatcher that dies mid-batch leaves its
+rows to the next one when the lease runs out; rows it could not deliver are released
+at once for the next pass.
 """
 
 from __future__ import annotations
@@ -20,65 +21,66 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import timedelta
 
-from sqlmodel import Session, col, select
+from sqlalchemy import or_, update
+from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 
 from activities.store import event_from_row
 from nurture import crud
 from nurture.config import Settings
-from nurture.db import get_engine
-from nurture.models import Event, Lead
+from nurture.db import session_scope
+from nurture.models import Event, Lead, utcnow
 from workflows.lead import EventsInput, LeadInput, LeadWorkflow
 
 log = logging.getLogger("nurture.dispatcher")
 CONCURRENCY = 50  # signal-with-start calls in flight at once
 MAX_BACKOFF = 10.0  # seconds between attempts while Temporal is unreachable
+LEASE = timedelta(minutes=1)  # a claimed batch is delivered well within this
 
 
 class DispatchError(Exception):
     """Some events could not be handed to Temporal; they stay stored for the next pass."""
 
 
-async def dispatch_once(settings: Settings, client: Client, *, batch: int = 500) -> int:
+async def dispatch_once(settings: Settings, client: Client, *, batch: int = 500, lease: timedelta = LEASE) -> int:
     """Deliver up to `batch` stored events; returns how many were delivered.
 
     Raises DispatchError (after marking what did get through) if any lead's workflow
     could not be reached.
     """
-    session = Session(get_engine(settings.db_url), expire_on_commit=False)
-    try:
-        rows = await asyncio.to_thread(_claim, session, batch)
-        if not rows:
-            return 0
-        groups: dict[str, list[Event]] = {}
-        for row in rows:
-            groups.setdefault(row.lead_key, []).append(row)  # type: ignore[arg-type]
-        # A forgotten lead's workflow is gone for good: never start a new one for it.
-        gone = await asyncio.to_thread(_forgotten, session, list(groups))
-        skipped = [row.id for key in gone for row in groups.pop(key, [])]
-        semaphore = asyncio.Semaphore(CONCURRENCY)
+    rows = await asyncio.to_thread(_claim, settings.db_url, batch, lease)
+    if not rows:
+        return 0
+    groups: dict[str, list[Event]] = {}
+    for row in rows:
+        groups.setdefault(row.lead_key, []).append(row)  # type: ignore[arg-type]
+    # A forgotten lead's workflow is gone for good: never start a new one for it.
+    gone = await asyncio.to_thread(_forgotten, settings.db_url, list(groups))
+    skipped = [row.id for key in gone for row in groups.pop(key, [])]
+    semaphore = asyncio.Semaphore(CONCURRENCY)
 
-        async def deliver(key: str, group: list[Event]) -> None:
-            async with semaphore:
-                await client.start_workflow(
-                    LeadWorkflow.run,
-                    LeadInput(key=key, sales_sender=settings.sales_sender, max_history=settings.max_history),
-                    id=settings.workflow_id(key),
-                    task_queue=settings.task_queue,
-                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                    start_signal="events",
-                    start_signal_args=[EventsInput([event_from_row(row) for row in group])],
-                )
+    async def deliver(key: str, group: list[Event]) -> None:
+        async with semaphore:
+            await client.start_workflow(
+                LeadWorkflow.run,
+                LeadInput(key=key, sales_sender=settings.sales_sender, max_history=settings.max_history),
+                id=settings.workflow_id(key),
+                task_queue=settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                start_signal="events",
+                start_signal_args=[EventsInput([event_from_row(row) for row in group])],
+            )
 
-        outcomes = await asyncio.gather(*(deliver(k, g) for k, g in groups.items()), return_exceptions=True)
-        delivered = [row.id for group, outcome in zip(groups.values(), outcomes)
-                     if not isinstance(outcome, BaseException) for row in group]
-        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-        await asyncio.to_thread(_mark, session, delivered + skipped)
-    finally:
-        await asyncio.to_thread(session.close)  # rolls back (and unlocks) anything not marked
+    outcomes = await asyncio.gather(*(deliver(k, g) for k, g in groups.items()), return_exceptions=True)
+    delivered = [row.id for group, outcome in zip(groups.values(), outcomes)
+                 if not isinstance(outcome, BaseException) for row in group]
+    failed = [row.id for group, outcome in zip(groups.values(), outcomes)
+              if isinstance(outcome, BaseException) for row in group]
+    await asyncio.to_thread(_mark, settings.db_url, delivered + skipped, failed)
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
     if failures:
         first = failures[0]
         message = getattr(first, "message", None) or str(first) or type(first).__name__
@@ -113,24 +115,40 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
-def _claim(session: Session, batch: int) -> Sequence[Event]:
-    # crud.undispatched_events plus the row locks (FOR UPDATE is ignored on SQLite).
-    return session.exec(
-        select(Event).where(col(Event.dispatched_at).is_(None), col(Event.lead_key).is_not(None))
-        .order_by(col(Event.received_at)).limit(batch).with_for_update(skip_locked=True)
-    ).all()
+def _claim(url: str, batch: int, lease: timedelta) -> Sequence[Event]:
+    """Lease up to `batch` undelivered events, oldest first, and read them."""
+    event = Event.__table__  # type: ignore[attr-defined]
+    now = utcnow()
+    with session_scope(url) as session:
+        free = (select(event.c.id)
+                .where(event.c.dispatched_at.is_(None), event.c.lead_key.is_not(None),
+                       or_(event.c.claimed_until.is_(None), event.c.claimed_until < now))
+                .order_by(event.c.received_at).limit(batch))
+        if session.get_bind().dialect.name == "postgresql":
+            free = free.with_for_update(skip_locked=True)  # concurrent claims pass each other by
+        ids = session.execute(update(event).where(event.c.id.in_(free.scalar_subquery()))
+                              .values(claimed_until=now + lease).returning(event.c.id)).scalars().all()
+        if not ids:
+            return []
+        # Each lead's events in the order they happened.
+        return session.exec(select(Event).where(col(Event.id).in_(ids))
+                            .order_by(col(Event.received_at), col(Event.at), col(Event.id))).all()
 
 
-def _forgotten(session: Session, keys: list[str]) -> set[str]:
+def _forgotten(url: str, keys: list[str]) -> set[str]:
     found: set[str] = set()
-    for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
-        found.update(session.exec(select(Lead.key).where(col(Lead.key).in_(chunk), col(Lead.email).is_(None))).all())
+    with session_scope(url) as session:
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            found.update(session.exec(select(Lead.key).where(col(Lead.key).in_(chunk), col(Lead.email).is_(None))).all())
     return found
 
 
-def _mark(session: Session, ids: list[str]) -> None:
-    for start in range(0, len(ids), 500):
-        crud.mark_dispatched(session=session, ids=ids[start:start + 500])
-    session.commit()
-
+def _mark(url: str, done: list[str], failed: list[str]) -> None:
+    """Delivered rows are done; the others go back for the next pass now, not at lease end."""
+    event = Event.__table__  # type: ignore[attr-defined]
+    with session_scope(url) as session:
+        for start in range(0, len(done), 500):
+            crud.mark_dispatched(session=session, ids=done[start:start + 500])
+        for start in range(0, len(failed), 500):
+            session.execute(update(event).where(event.c.id.in_(failed[start:start + 500])).values(claimed_until=None))

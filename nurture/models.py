@@ -98,6 +98,7 @@ class Event(SQLModel, table=True):
     data: dict[str, Any] = _json()  # url, asset, form, event, campaign, step, send_id, ...
     received_at: datetime = _ts(nullable=False)
     dispatched_at: datetime | None = _ts(nullable=True, index=True)
+    claimed_until: datetime | None = _ts(nullable=True)  # a dispatcher is delivering it until then
 
 
 class History(SQLModel, table=True):

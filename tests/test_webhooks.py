@@ -31,7 +31,7 @@ from temporalio.service import RetryConfig
 
 from nurture import crud, journey, security
 from nurture.api import MAX_WEBHOOK_BODY, create_app
-from nurture.dispatcher import DispatchError, dispatch_once, run_dispatcher
+from nurture.dispatcher import DispatchError, _claim, dispatch_once, run_dispatcher
 from nurture.models import Email, Event
 from tests.conftest import Stack, _stack, make_settings
 
@@ -176,6 +176,31 @@ async def test_signed_batch_is_stored_then_applied_by_the_dispatcher(hook):
     # A late `delivered` never downgrades the row.
     assert (await post(http, [sg("delivered", email, welcome)])).json()["stored"] == 1
     assert email_status(stack, welcome.send_id) == "clicked"
+
+
+async def test_two_dispatchers_share_rows_and_a_dead_ones_lease_runs_out(hook):
+    """SQLite has no row locks to skip: the lease taken in one UPDATE keeps two
+    dispatchers (one per worker) from delivering the same events."""
+    stack, http = hook
+    leads = [f"lease{i}@globex.example" for i in range(4)]
+    for address in leads:
+        await stack.add(address, source="web_form")
+    batch = [sg(kind, address, lead=journey.lead_key(address)) for address in leads for kind in ("open", "click")]
+    assert (await post(http, batch)).json()["stored"] == 8
+
+    first, second = await asyncio.gather(dispatch_once(stack.settings, stack.client, batch=100),
+                                         dispatch_once(stack.settings, stack.client, batch=100))
+    assert first + second == 8
+    await until(lambda: all(stack.show(a)["score"] == 6 for a in leads))  # open 1 + click 5, once
+
+    # A dispatcher that claims and dies: nobody else takes its rows until the lease ends.
+    late = [sg("click", leads[0], lead=journey.lead_key(leads[0]))]
+    assert (await post(http, late)).json()["stored"] == 1
+    assert [row.id for row in _claim(stack.settings.db_url, 100, timedelta(seconds=1))] == ["sg:" + late[0]["sg_event_id"]]
+    assert await dispatch_once(stack.settings, stack.client) == 0
+    await asyncio.sleep(1.2)
+    assert await dispatch_once(stack.settings, stack.client) == 1
+    await until(lambda: stack.show(leads[0])["score"] == 11)
 
 
 async def test_the_same_batch_twice_counts_once(hook):
