@@ -23,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import and_, or_, update
 from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
@@ -119,14 +119,18 @@ def _claim(url: str, batch: int, lease: timedelta) -> Sequence[Event]:
     """Lease up to `batch` undelivered events, oldest first, and read them."""
     event = Event.__table__  # type: ignore[attr-defined]
     now = utcnow()
+    free = and_(event.c.dispatched_at.is_(None), event.c.lead_key.is_not(None),
+                or_(event.c.claimed_until.is_(None), event.c.claimed_until < now))
     with session_scope(url) as session:
-        free = (select(event.c.id)
-                .where(event.c.dispatched_at.is_(None), event.c.lead_key.is_not(None),
-                       or_(event.c.claimed_until.is_(None), event.c.claimed_until < now))
-                .order_by(event.c.received_at).limit(batch))
+        # A plain read first: an idle poll (most of them) must not take SQLite's write lock.
+        found = select(event.c.id).where(free).order_by(event.c.received_at).limit(batch)
         if session.get_bind().dialect.name == "postgresql":
-            free = free.with_for_update(skip_locked=True)  # concurrent claims pass each other by
-        ids = session.execute(update(event).where(event.c.id.in_(free.scalar_subquery()))
+            found = found.with_for_update(skip_locked=True)  # concurrent claims pass each other by
+        candidates = session.execute(found).scalars().all()
+        if not candidates:
+            return []
+        # The lease, re-checked in the UPDATE: rows another dispatcher leased meanwhile drop out.
+        ids = session.execute(update(event).where(event.c.id.in_(candidates), free)
                               .values(claimed_until=now + lease).returning(event.c.id)).scalars().all()
         if not ids:
             return []
