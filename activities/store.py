@@ -29,6 +29,20 @@ class LoadFunnelInput:
 
 
 @dataclass
+class LoadStartInput:
+    trigger: str = "created"  # the campaigns that may enroll on it come back too
+
+
+@dataclass
+class StartConfig:
+    """What a new lead's first task needs, in one read: the funnel and the campaigns
+    that enroll automatically on the trigger."""
+
+    funnel: Funnel
+    campaigns: list[Campaign] = field(default_factory=list)
+
+
+@dataclass
 class LoadCampaignInput:
     name: str
 
@@ -142,22 +156,23 @@ class StoreActivities:
             raise ApplicationError(str(error).splitlines()[0], type="CampaignError", non_retryable=True) from error
 
     @activity.defn
+    def load_start(self, inp: LoadStartInput) -> StartConfig:
+        return StartConfig(self.load_funnel(LoadFunnelInput()),
+                           [c for c in self._campaigns() if inp.trigger in c.enroll.auto_on])
+
+    @activity.defn
     def pick_campaign(self, inp: PickCampaignInput) -> PickCampaignResult:
         """The campaign a lead enters automatically: highest priority, then name."""
+        return PickCampaignResult(rules.pick_campaign(self._campaigns(), inp.trigger, inp.profile, inp.stage,
+                                                      inp.finished))
+
+    def _campaigns(self) -> list[Campaign]:
         directory = self.settings.campaigns_dir
         try:
-            campaigns = self._cache.get(directory, lambda: load_campaigns(directory)) if directory.exists() else []
+            return self._cache.get(directory, lambda: load_campaigns(directory)) if directory.exists() else []
         except CampaignError as error:
             activity.logger.warning("automatic enrollment skipped, campaigns invalid: %s", error)
-            return PickCampaignResult()
-        matching = [
-            c for c in campaigns
-            if inp.trigger in c.enroll.auto_on and inp.stage in c.enroll.stages
-            and rules.match_where(c.enroll.where, inp.profile)
-            and not (c.enroll.reenroll == "never" and c.name in inp.finished)
-        ]
-        matching.sort(key=lambda c: (-c.enroll.priority, c.name))
-        return PickCampaignResult(matching[0] if matching else None)
+            return []
 
     @activity.defn
     def load_lead(self, inp: LoadLeadInput) -> LoadLeadResult:

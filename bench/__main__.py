@@ -257,14 +257,17 @@ async def footprint_phase(rig: Rig, waiting: int, already: int, worker_pid: int,
     client = await wait_for_server(rig.settings, rig.server)
     nurture = Nurture(rig.settings, client)
     reached, started = already, time.perf_counter()
+    # RSS as the count grows: once each worker's journey cache is full it should stay flat.
+    curve = {reached: round(rss_mb(worker_pid))}
     while reached < waiting and time.perf_counter() - started < budget:
         chunk = min(1000, waiting - reached)
         path = rig.home / f"more-{reached}.csv"
         write_csv(path, reached, chunk)
         await import_file(nurture, path)
         reached += chunk
+        curve[reached] = round(rss_mb(worker_pid))
     return {"worker_rss_mb_10k": rss_mb(worker_pid), "server_rss_mb_10k": rss_mb(rig.server.process.pid),
-            "footprint_leads": reached}
+            "footprint_leads": reached, "worker_rss_mb_by_leads": curve}
 
 
 def render_phase(seconds: float = 3.0) -> float:
@@ -313,7 +316,7 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (N=300, 1,000 rows, 1,000 waiting leads)")
     parser.add_argument("--workers", type=int, default=2,
                         help="worker processes against the one dev server (footprint is the first one's)")
-    parser.add_argument("--footprint-budget", type=float, default=240.0,
+    parser.add_argument("--footprint-budget", type=float, default=180.0,
                         help="seconds allowed for parking leads in the footprint phase")
     options = parser.parse_args()
     sizes = QUICK if options.quick else FULL

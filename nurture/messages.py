@@ -21,6 +21,11 @@ class LeadInput:
     state: LeadState | None = None  # carried over by continue-as-new
     max_history: int = 10_000  # history events before continuing as new
     sales_sender: str = "nurture <nurture@localhost>"  # From: of emails to sales owners
+    # The first task reads funnel and auto-enroll campaigns in one local activity. Set by
+    # every client since 2026-12; histories started before have two reads and replay so.
+    # (An input field rather than workflow.patched: a patch also upserts a search attribute
+    # into every new lead's history.)
+    one_read_start: bool = False
 
 
 @dataclass

@@ -21,7 +21,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from nurture.campaign import DAYS, Condition, EventRule, FitRule, FrequencyCap, Qualify, Scoring, SendWindow
+from nurture.campaign import DAYS, Campaign, Condition, EventRule, FitRule, FrequencyCap, Qualify, Scoring, SendWindow
 
 GRADES = ("A", "B", "C", "D", "F")  # best to worst
 STAGES = ("visitor", "lead", "mql", "sql", "opportunity", "customer")  # funnel order
@@ -48,6 +48,17 @@ def match_where(where: Mapping[str, Any] | None, record: Mapping[str, Any]) -> b
     if not where:
         return True
     return all(_field_holds(_lookup(record, field), spec) for field, spec in where.items())
+
+
+def pick_campaign(campaigns: Sequence[Campaign], trigger: str, profile: Mapping[str, Any], stage: str,
+                  finished: Sequence[str]) -> Campaign | None:
+    """The campaign a lead enters automatically on `trigger`: highest priority, then name."""
+    matching = [
+        c for c in campaigns
+        if trigger in c.enroll.auto_on and stage in c.enroll.stages and match_where(c.enroll.where, profile)
+        and not (c.enroll.reenroll == "never" and c.name in finished)
+    ]
+    return min(matching, key=lambda c: (-c.enroll.priority, c.name), default=None)
 
 
 def _lookup(record: Mapping[str, Any], field: str) -> Any:

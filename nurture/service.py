@@ -319,7 +319,7 @@ class Nurture:
         start = WithStartWorkflowOperation(
             LeadWorkflow.run,
             LeadInput(key=key, profile=profile, sales_sender=self.settings.sales_sender,
-                      max_history=self.settings.max_history),
+                      max_history=self.settings.max_history, one_read_start=True),
             id=self.settings.workflow_id(key),
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             task_queue=self.settings.task_queue,

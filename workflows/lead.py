@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         LoadFunnelInput,
         LoadLeadInput,
         LoadScoringEventsInput,
+        LoadStartInput,
         PickCampaignInput,
         StoreActivities,
         SyncLeadInput,
@@ -85,6 +86,8 @@ class LeadWorkflow:
         self.sales_sender = inp.sales_sender
         self.funnel: Funnel | None = None
         self.funnel_at: datetime | None = None
+        # (when read, campaigns that enroll on `created`), from the first task's read
+        self.start_campaigns: tuple[datetime, list[Campaign]] | None = None
         self.lock = asyncio.Lock()
         self.ready = inp.state is not None
         self.forgotten = False
@@ -128,7 +131,12 @@ class LeadWorkflow:
                 if inp.profile is None and loaded.profile is not None:
                     self.s.profile = loaded.profile
                 events = loaded.anonymous_events
-            funnel = await self._load_funnel()
+            # Started by the service, a lead gets its profile update next, usually `created`:
+            # one read brings the funnel and the campaigns that may enroll it.
+            if inp.profile is not None and inp.one_read_start:
+                funnel = await self._load_start()
+            else:
+                funnel = await self._load_funnel()
             journey.recompute_fit(self.s, funnel, workflow.now())
             for event in events:
                 journey.apply_event(self.s, funnel, event, workflow.now())
@@ -514,12 +522,16 @@ class LeadWorkflow:
         return self._enroll(campaign, switch=switch, trigger="request")
 
     async def _auto_enroll(self, trigger: str) -> None:
-        picked = await workflow.execute_local_activity_method(
-            StoreActivities.pick_campaign,
-            PickCampaignInput(trigger, self.s.profile.record(), self.s.stage, list(self.s.finished_campaigns)),
-            start_to_close_timeout=LOCAL)
-        if picked.campaign is not None:
-            self._enroll(picked.campaign, switch=False, trigger=f"auto_on {trigger}")
+        profile, finished = self.s.profile.record(), list(self.s.finished_campaigns)
+        start, self.start_campaigns = self.start_campaigns, None
+        if trigger == "created" and start is not None and workflow.now() - start[0] < FUNNEL_TTL:
+            campaign = rules.pick_campaign(start[1], trigger, profile, self.s.stage, finished)
+        else:
+            campaign = (await workflow.execute_local_activity_method(
+                StoreActivities.pick_campaign, PickCampaignInput(trigger, profile, self.s.stage, finished),
+                start_to_close_timeout=LOCAL)).campaign
+        if campaign is not None:
+            self._enroll(campaign, switch=False, trigger=f"auto_on {trigger}")
 
     def _enroll(self, campaign: Campaign, *, switch: bool, trigger: str) -> str | None:
         refusal = journey.enroll_refusal(self.s, self._funnel(), campaign, switch=switch)
@@ -685,6 +697,13 @@ class LeadWorkflow:
                 StoreActivities.load_funnel, LoadFunnelInput(), start_to_close_timeout=LOCAL)
             self.funnel_at = now
         return self.funnel
+
+    async def _load_start(self) -> Funnel:
+        config = await workflow.execute_local_activity_method(
+            StoreActivities.load_start, LoadStartInput("created"), start_to_close_timeout=LOCAL)
+        self.funnel, self.funnel_at = config.funnel, workflow.now()
+        self.start_campaigns = (workflow.now(), config.campaigns)
+        return config.funnel
 
     def _funnel(self) -> Funnel:
         if self.funnel is None:
