@@ -61,6 +61,12 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
@@ -185,14 +191,18 @@ async def engine_phase(rig: Rig, count: int, workers: int) -> dict[str, float]:
     from nurture.service import Nurture
 
     worker = rig.spawn("worker.py")
-    for index in range(1, workers):
-        rig.spawn("worker.py", log=f"worker-{index}")
-    rig.spawn("-m", "nurture.cli", "api")
+    others = [rig.spawn("worker.py", log=f"worker-{index}") for index in range(1, workers)]
+    api = rig.spawn("-m", "nurture.cli", "api")
     client = await wait_for_server(rig.settings, rig.server)
     nurture = Nurture(rig.settings, client)
     await asyncio.sleep(3)
     path = rig.home / "leads.csv"
     write_csv(path, 0, count)
+    # Where the machine's CPU goes, per lead: the server, the workers, the API, and this
+    # process (the importing client, the fake SendGrid, the webhook poster).
+    parts = {"server": [rig.server.process.pid], "workers": [worker.pid] + [p.pid for p in others],
+             "api": [api.pid], "bench": [os.getpid()]}
+    cpu_before = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in parts.items()}
     started = time.perf_counter()
     report = await import_file(nurture, path)
     imported = time.perf_counter()
@@ -220,6 +230,8 @@ async def engine_phase(rig: Rig, count: int, workers: int) -> dict[str, float]:
     await wait_for(all_mql, 1800, "every lead at MQL")
     done = time.perf_counter()
     latencies = [(visible[email] - acked[email]) * 1000 for email in visible if email in acked]
+    cpu_ms = {name: round((sum(cpu_seconds(pid) for pid in pids) - cpu_before[name]) * 1000 / count, 1)
+              for name, pids in parts.items()}
     log(f"engine: import {imported - started:.1f}s, sends {sent - imported:.1f}s, "
         f"webhook->MQL {done - first_post:.1f}s; worker RSS {rss_mb(worker.pid):.0f} MB")
     return {
@@ -228,6 +240,7 @@ async def engine_phase(rig: Rig, count: int, workers: int) -> dict[str, float]:
         "events_delivered_per_s": len(events) / (done - first_post),
         "event_to_score_p50_ms": percentile(latencies, 0.5),
         "event_to_score_p99_ms": percentile(latencies, 0.99),
+        "engine_cpu_ms_per_lead": cpu_ms,
         "worker_pid": worker.pid,
     }
 
