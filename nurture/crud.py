@@ -30,6 +30,15 @@ def get_lead(*, session: Session, email: str) -> Lead | None:
     return session.exec(select(Lead).where(Lead.email == email)).first()
 
 
+def leads_by_email(*, session: Session, emails: Sequence[str]) -> dict[str, Lead]:
+    """The stored leads among these addresses, by address (one query per 500)."""
+    found: dict[str, Lead] = {}
+    for start in range(0, len(emails), 500):
+        chunk = list(emails[start:start + 500])
+        found.update((lead.email, lead) for lead in session.exec(select(Lead).where(col(Lead.email).in_(chunk))))
+    return found
+
+
 def get_lead_by_key(*, session: Session, key: str) -> Lead | None:
     return session.exec(select(Lead).where(Lead.key == key)).first()
 

@@ -449,8 +449,9 @@ class _Import:
         refused: list[tuple[int, str]] = []
         unchanged = 0
         with self.nurture.session() as session:
+            known = crud.leads_by_email(session=session, emails=[parsed.email for _, parsed in rows])
             for line, parsed in rows:
-                lead = crud.get_lead(session=session, email=parsed.email)
+                lead = known.get(parsed.email)
                 # state_version 0: stored, but its workflow never ran (an earlier run stopped
                 # between the store and Temporal): still new, whatever the row says.
                 new = lead is None or lead.state_version == 0
