@@ -25,6 +25,12 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+def sqlite_time(value: datetime | None) -> str | None:
+    """How a time is stored in SQLite: UTC text in SQLAlchemy's own format."""
+    value = as_utc(value)
+    return None if value is None else value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware datetimes in, aware UTC datetimes out, on every backend.
 
@@ -44,10 +50,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return dialect.type_descriptor(self.impl)
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | str | None:
-        value = as_utc(value)
-        if value is not None and dialect.name == "sqlite":
-            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-        return value
+        return sqlite_time(value) if dialect.name == "sqlite" else as_utc(value)
 
     def process_result_value(self, value: datetime | str | None, dialect: Any) -> datetime | None:
         if isinstance(value, str):

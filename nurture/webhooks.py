@@ -43,7 +43,7 @@ from sqlmodel import Session, col, select
 from nurture import crud, journey, security
 from nurture.config import Settings
 from nurture.db import session_scope
-from nurture.models import Counter, Email, Event, Lead, utcnow
+from nurture.models import Counter, Email, Event, Lead, sqlite_time, utcnow
 
 log = logging.getLogger("nurture.webhooks")
 router = APIRouter()
@@ -231,15 +231,38 @@ def _store(session: Session, events: list[dict[str, Any]]) -> dict[str, int]:
         batch.rows.append(_row(f"sg:softbounce:{step.row['id'][3:]}"[:200], "email_bounce", step.lead,
                                step.row["email"], step.row["at"], data, applied=True))
         crud.suppress_now(session=session, lead=step.lead, address=step.row["email"], type_="email_bounce")
-    # Plain multi-row statements: thousands of events in well under a second.
-    for start in range(0, len(batch.rows), CHUNK):
-        session.execute(Event.__table__.insert(), batch.rows[start:start + CHUNK])  # type: ignore[attr-defined]
+    _insert_events(session, batch.rows)
     changed = [{"b_send_id": s, "b_status": batch.email_status[s], "b_at": utcnow()} for s in sorted(batch.changed_emails)]
     if changed:
         table = Email.__table__  # type: ignore[attr-defined]
         session.execute(table.update().where(table.c.send_id == bindparam("b_send_id"))
                         .values(status=bindparam("b_status"), updated_at=bindparam("b_at")), changed)
     return {"stored": batch.stored, "duplicates": batch.duplicates, "unmatched": batch.unmatched}
+
+
+def _insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
+    """One executemany of the batch's rows. On SQLite straight through the driver with
+    each value bound as its column type binds it (UTCDateTime text, JSON): SQLAlchemy's
+    per-row parameter processing was a third of a 1,000-event batch."""
+    table = Event.__table__  # type: ignore[attr-defined]
+    if not rows:
+        return
+    if session.get_bind().dialect.name != "sqlite":
+        session.execute(table.insert(), rows)
+        return
+    names = [column.name for column in table.columns]
+    binders = [_SQLITE_BIND.get(name, _as_is) for name in names]
+    sql = f"INSERT INTO event ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    session.connection().exec_driver_sql(
+        sql, [tuple(bind(row.get(name)) for name, bind in zip(names, binders)) for row in rows])
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+_SQLITE_BIND = {"at": sqlite_time, "received_at": sqlite_time, "dispatched_at": sqlite_time,
+                "claimed_until": sqlite_time, "data": json.dumps}
 
 
 def _store_one(session: Session, batch: _Batch, raw: dict[str, Any], event_id: str, args: dict[str, str],
