@@ -36,8 +36,8 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         task_queue=task_queue or settings.task_queue,
         workflows=[LeadWorkflow],
         activities=[
-            store.load_funnel, store.load_start, store.load_campaign, store.pick_campaign, store.load_lead, store.sync_lead,
-            store.load_scoring_events,
+            store.load_funnel, store.load_start, store.load_campaign, store.pick_campaign, store.load_lead,
+            store.sync_lead, store.load_scoring_events,
             email.send_email,
             handoff.open_handoff, handoff.update_handoff, handoff.post_webhook,
         ],

@@ -47,7 +47,7 @@ from nurture import crud, security
 from nurture.models import Lead, utcnow
 from nurture.service import LeadIn, Nurture, StoredLead, UserError
 
-IN_FLIGHT = 32  # add_lead calls running at once
+IN_FLIGHT = 32  # start_lead calls running at once
 
 # Header spellings, compared without case, accents, spaces or punctuation.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -432,20 +432,20 @@ class _Import:
         self.report.unchanged += unchanged
         for line, message in refused:
             self.reject(line, [("email", message)])
-        for line, lead, created in stored:
+        for line, lead in stored:
             await self.slots.acquire()
             self.raise_failure()
-            task = asyncio.create_task(self.add(line, lead, created))
+            task = asyncio.create_task(self.add(line, lead))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         await asyncio.sleep(0)  # let the calls (and anything else on this loop) run
         self.raise_failure()
 
-    def _store(self, rows: list[tuple[int, Parsed]]) -> tuple[list[tuple[int, StoredLead, bool]], int, list[tuple[int, str]]]:
+    def _store(self, rows: list[tuple[int, Parsed]]) -> tuple[list[tuple[int, StoredLead]], int, list[tuple[int, str]]]:
         """Compare each row with the store and write the new or changed ones: one
         transaction per batch, so the import takes the database's write lock once per
         batch rather than once per row (SQLite's lock waits were most of its time)."""
-        stored: list[tuple[int, StoredLead, bool]] = []
+        stored: list[tuple[int, StoredLead]] = []
         refused: list[tuple[int, str]] = []
         unchanged = 0
         with self.nurture.session() as session:
@@ -464,14 +464,15 @@ class _Import:
                 data = LeadIn(email=parsed.email, attributes=parsed.attributes or None,
                               consent_at=self.consent_at if parsed.consent else None, **fields)
                 try:
-                    stored.append((line, self.nurture.store_lead(session, data), new))
+                    stored.append((line, self.nurture.store_lead(session, data)))
                 except UserError as error:  # suppressed: nothing written for this row
                     refused.append((line, str(error).removeprefix("email: ")))
         return stored, unchanged, refused
 
-    async def add(self, line: int, lead: StoredLead, created: bool) -> None:
+    async def add(self, line: int, lead: StoredLead) -> None:
+        # `created` also covers a row stored by a run that stopped before its workflow started
         try:
-            result = await self.nurture.start_lead(lead, campaign=self.campaign if created else None)
+            result = await self.nurture.start_lead(lead, campaign=self.campaign if lead.created else None)
         except UserError as error:
             self.reject(line, [("row", str(error))])
             return
@@ -481,7 +482,7 @@ class _Import:
             return
         finally:
             self.slots.release()
-        if created:
+        if lead.created:
             self.report.created += 1
         else:
             self.report.updated += 1
