@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any, Annotated, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from jinja2 import TemplateSyntaxError
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -43,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from nurture.emails import check_template
+from nurture.emails import check_subject, check_template, subject_syntax_error
 
 # ---------------------------------------------------------------- vocabulary (contract section 1)
 
@@ -178,11 +176,13 @@ def _duration_field(value: Any) -> timedelta:
 
 
 # A duration field accepts the contract's compact form and pydantic's ISO 8601 form
-# (what the Temporal data converter writes), and documents itself as a string.
+# (what the Temporal data converter and `funnel show` write), and documents itself as
+# a string of either form.
+_DURATION_PATTERN = "^(\\d+[smhdw])+$|^P(\\d+D)?(T(\\d+H)?(\\d+M)?(\\d+(\\.\\d+)?S)?)?$"
 Duration = Annotated[
     timedelta,
     BeforeValidator(_duration_field),
-    WithJsonSchema({"type": "string", "pattern": "^(\\d+[smhdw])+$", "examples": ["2d", "1d12h"]}),
+    WithJsonSchema({"type": "string", "pattern": _DURATION_PATTERN, "examples": ["2d", "1d12h"]}),
 ]
 
 
@@ -545,7 +545,9 @@ def _points_shorthand(value: Any) -> Any:
     raise ValueError(f"expected points (a whole number) or a list of rules like - {{points: 2}}, got {_shown(value)}")
 
 
-EventRules = Annotated[list[EventRule], BeforeValidator(_points_shorthand)]
+EventRules = Annotated[
+    list[EventRule], BeforeValidator(_points_shorthand, json_schema_input_type=Union[int, list[EventRule]])
+]
 
 
 class Scoring(_Strict):
@@ -1234,20 +1236,36 @@ def _bare_duration_warnings(source: _Source, paths: Iterable[YamlPath]) -> list[
     return problems
 
 
-def _subject_problems(source: _Source, steps: list[Any]) -> list[Problem]:
-    """A/B subjects are templates too: a syntax error must not wait for the first send."""
-    environment = SandboxedEnvironment()
-    problems = []
+def _subject_items(steps: list[Any]) -> list[tuple[YamlPath, str]]:
+    """Each subject variant of the send steps, with its place in the YAML."""
+    items: list[tuple[YamlPath, str]] = []
     for index, step in enumerate(steps):
         subjects = step.get("subject") if isinstance(step, dict) and "send" in step else None
-        items = [(("steps", index, "subject"), subjects)] if isinstance(subjects, str) else []
-        if isinstance(subjects, list):
-            items = [(("steps", index, "subject", i), s) for i, s in enumerate(subjects) if isinstance(s, str)]
-        for path, subject in items:
-            try:
-                environment.parse(subject)
-            except TemplateSyntaxError as exc:
-                problems.append(source.problem(path, f"subject template: {exc.message}"))
+        if isinstance(subjects, str):
+            items.append((("steps", index, "subject"), subjects))
+        elif isinstance(subjects, list):
+            items += [(("steps", index, "subject", i), s) for i, s in enumerate(subjects) if isinstance(s, str)]
+    return items
+
+
+def _subject_problems(source: _Source, steps: list[Any]) -> list[Problem]:
+    """A/B subjects are templates too: a syntax error must not wait for the first send."""
+    problems = []
+    for path, subject in _subject_items(steps):
+        error = subject_syntax_error(subject)
+        if error is not None:
+            problems.append(source.problem(path, f"subject template: {error[1]}"))
+    return problems
+
+
+def _subject_render_problems(source: _Source, steps: list[Any], templates_dir: Path) -> list[Problem]:
+    """Each variant rendered as at send time for the sample leads, at the variant's line
+    (syntax errors are _subject_problems')."""
+    problems = []
+    for path, subject in _subject_items(steps):
+        if subject_syntax_error(subject) is None:
+            for found in check_subject(templates_dir, subject):
+                problems.append(source.problem(path, f"subject template: {found.message}", found.severity))
     return problems
 
 
@@ -1315,7 +1333,8 @@ def _shadowed_rule_warnings(source: _Source, events: dict[str, Any]) -> list[Pro
 # ---------------------------------------------------------------- templates
 
 
-def _template_problems(source: _Source, path: YamlPath, name: Any, templates_dir: Path) -> list[Problem]:
+def _template_problems(source: _Source, path: YamlPath, name: Any, templates_dir: Path,
+                       owner_always_set: bool = False) -> list[Problem]:
     """Problems of the email `name` (both files, syntax, a render for a sample lead),
     as problems of the YAML line that names it."""
     if not isinstance(name, str):
@@ -1324,7 +1343,7 @@ def _template_problems(source: _Source, path: YamlPath, name: Any, templates_dir
     if missing:
         return [source.problem(path, f"email '{name}' not found: no {' and no '.join(missing)} in {templates_dir}")]
     problems = []
-    for template_file, line, message in check_template(templates_dir, name):
+    for template_file, line, message in check_template(templates_dir, name, owner_always_set=owner_always_set):
         where = f"template {template_file} line {line}" if line > 0 else f"template {template_file}"
         problems.append(source.problem(path, f"{where}: {message}"))
     return problems
@@ -1336,12 +1355,13 @@ def _campaign_template_problems(source: _Source, templates_dir: Path) -> list[Pr
     for index, step in enumerate(steps if isinstance(steps, list) else []):
         if isinstance(step, dict) and "send" in step:
             problems += _template_problems(source, ("steps", index, "send"), step["send"], templates_dir)
-    return problems
+    return problems + _subject_render_problems(source, steps if isinstance(steps, list) else [], templates_dir)
 
 
 def _funnel_template_problems(source: _Source, funnel: Funnel | None, templates_dir: Path) -> list[Problem]:
     name = funnel.handoff.notify.template if funnel else source.get("handoff", "notify", "template")
-    return _template_problems(source, ("handoff", "notify", "template"), name, templates_dir)
+    # The handoff email goes to the lead's new owner: it always has one.
+    return _template_problems(source, ("handoff", "notify", "template"), name, templates_dir, owner_always_set=True)
 
 
 # ---------------------------------------------------------------- one file
@@ -1513,15 +1533,26 @@ def _expand(paths: Sequence[Path], problems: list[Problem]) -> list[Path]:
 def campaign_json_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of a campaign file, for editors: the fields the loader
     fills in are left out, and a step's `id` is optional (the loader numbers steps)."""
-    schema = Campaign.model_json_schema(by_alias=True)
-    for name in _LOADER_FIELDS:
-        schema["properties"].pop(name, None)
+    schema = _editor_schema(
+        Campaign, "nurture campaign",
+        "One campaign of nurture: campaigns/NAME.yaml (funnel.yaml is the funnel, not a campaign)",
+    )
     for step_cls in STEP_KINDS.values():
         definition = schema["$defs"][step_cls.__name__]
         definition["required"] = [key for key in definition["required"] if key != "id"]
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        **schema,
-        "title": "nurture campaign",
-        "description": "One campaign of nurture: campaigns/NAME.yaml (funnel.yaml is the funnel, not a campaign)",
-    }
+    return schema
+
+
+def funnel_json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of campaigns/funnel.yaml, for editors; every key is
+    optional (the built-in defaults fill it in)."""
+    return _editor_schema(Funnel, "nurture funnel",
+                          "The funnel model of nurture: campaigns/funnel.yaml (scoring, qualify, handoff)")
+
+
+def _editor_schema(model: type[BaseModel], title: str, description: str) -> dict[str, Any]:
+    schema = model.model_json_schema(by_alias=True)
+    for name in _LOADER_FIELDS:
+        schema["properties"].pop(name, None)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": title,
+            "description": description}

@@ -236,7 +236,7 @@ def campaign_test(
 ) -> None:
     """Run a campaign for one lead under simulated time, sending nothing, and print its timeline."""
     from nurture.campaign import CampaignError
-    from nurture.preview import check_campaign, read_events, read_lead, render, run_preview
+    from nurture.preview import check_campaign, format_offset, read_events, read_lead, render, run_preview
     from nurture.service import UserError
 
     settings = cfg()
@@ -258,7 +258,10 @@ def campaign_test(
         print_json([entry.as_json() for entry in timeline.entries])
     else:
         render(timeline, out)
-    finish(0)
+    for entry in timeline.failed:  # the timeline shows them; the exit code tells scripts and CI
+        err.print(f"error: step {entry.detail.get('step')} at {format_offset(entry.offset)}: {entry.reason}",
+                  markup=False, soft_wrap=True)
+    finish(1 if timeline.failed else 0)
 
 
 @campaign_app.command("schema")
@@ -267,6 +270,14 @@ def campaign_schema() -> None:
     from nurture.campaign import campaign_json_schema
 
     print_json(campaign_json_schema())
+
+
+@funnel_app.command("schema")
+def funnel_schema() -> None:
+    """JSON Schema of funnel.yaml, for editors."""
+    from nurture.campaign import funnel_json_schema
+
+    print_json(funnel_json_schema())
 
 
 @funnel_app.command("show")

@@ -7,7 +7,8 @@ is the text body. `NAME.fr.html` / `NAME.fr.txt` serve leads whose locale starts
 Files whose name starts with `_` are partials for `{% extends %}` / `{% include %}`.
 
 Templates run in Jinja2's immutable sandbox (no internals, and a template cannot change
-the lead it is given) with StrictUndefined: reading an undefined variable is an error.
+the lead it is given), bounded so that no template line can stall the process
+(nurture.template_sandbox), with StrictUndefined: reading an undefined variable is an error.
 HTML is autoescaped, text and subjects are not. Values are passed as they are (a lead's
 missing first name stays None, so `{{ lead.first_name or "there" }}` works); a None
 printed as such renders as an empty string when sending, and `check_template` reports
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import functools
 import os
 import re
 import threading
@@ -31,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from nurture.template_sandbox import BoundedSandbox
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _SUBJECT_RE = re.compile(r"^\s*subject\s*:(.*)$", re.IGNORECASE)
@@ -117,7 +120,7 @@ class _Loader(jinja2.FileSystemLoader):
 @dataclass
 class _Bundle:
     root: str
-    env: ImmutableSandboxedEnvironment
+    env: BoundedSandbox
     overrides: dict[str, jinja2.Template] = field(default_factory=dict)
 
 
@@ -132,7 +135,7 @@ def _bundle(templates_dir: Path) -> _Bundle:
         with _BUNDLES_LOCK:
             bundle = _BUNDLES.get(root)
             if bundle is None:
-                env = ImmutableSandboxedEnvironment(
+                env = BoundedSandbox(
                     loader=_Loader(root),
                     undefined=jinja2.StrictUndefined,
                     # On for NAME.html (and partials .html); off for .txt, subjects and overrides.
@@ -292,13 +295,14 @@ def _check_variant(bundle: _Bundle, stem: str, contexts: list[dict[str, Any]]) -
     return problems
 
 
-def check_template(templates_dir: Path, name: str) -> list[tuple[str, int, str]]:
+def check_template(templates_dir: Path, name: str, *, owner_always_set: bool = False) -> list[tuple[str, int, str]]:
     """Problems of the email `name` as (file, line, message); [] if it is fine.
 
     Checks every variant present (`NAME`, `NAME.fr`, ...): both files exist, the
     `Subject:` line, syntax, and a render with `sample_context()` and with a sparse
     lead (empty optional fields, no owner, no attributes) that must neither read an
-    undefined variable nor print None.
+    undefined variable nor print None. `owner_always_set`: the email only ever goes to
+    (or about) an assigned owner, like the sales handoff, so the sparse lead has one.
     """
     try:
         _check_name(name)
@@ -307,12 +311,58 @@ def check_template(templates_dir: Path, name: str) -> list[tuple[str, int, str]]
     bundle = _bundle(templates_dir)
     variants = Path(bundle.root).glob(f"{name}.??.*")
     languages = sorted({p.name[len(name) + 1 : len(name) + 3] for p in variants if p.suffix in (".html", ".txt")})
-    contexts = [sample_context(), _sparse_context()]
+    contexts = [sample_context(), _sparse_context(owner_always_set)]
     problems: list[tuple[str, int, str]] = []
     for stem in [name, *(f"{name}.{lang}" for lang in languages if _language(lang) == lang)]:
         for problem in _check_variant(bundle, stem, contexts):
             if problem not in problems:
                 problems.append(problem)
+    return problems
+
+
+@dataclass(frozen=True)
+class SubjectProblem:
+    """A problem of a campaign's subject template; `line` counts within the subject."""
+
+    line: int
+    message: str
+    severity: str = "error"  # "warning": it prints None for a lead that left the field empty
+
+
+def subject_syntax_error(source: str) -> tuple[int, str] | None:
+    """(line, message) of a subject template that does not parse (a huge constant such as
+    `9**10000000` included), else None. Needs no templates folder: the campaign loader
+    checks this much on every load."""
+    try:
+        _syntax_env().parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        return exc.lineno, exc.message or "syntax error"
+    return None
+
+
+@functools.cache
+def _syntax_env() -> BoundedSandbox:
+    return BoundedSandbox()
+
+
+def check_subject(templates_dir: Path, source: str) -> list[SubjectProblem]:
+    """Problems of a campaign's subject (an A/B variant), rendered as at send time for
+    the sample lead and the sparse lead of `check_template`. An undefined variable or an
+    empty subject is an error; printing None is a warning (the send would still go out)."""
+    bundle = _bundle(templates_dir)
+    problems: list[SubjectProblem] = []
+    token = _CHECKING.set(True)
+    try:
+        for context in (sample_context(), _sparse_context(False)):
+            try:
+                _one_line(_render_override(bundle, source, context), _OVERRIDE_LABEL)
+            except TemplateError as exc:
+                severity = "warning" if isinstance(exc.__cause__, _NoneOutput) else "error"
+                problem = SubjectProblem(exc.line, exc.detail, severity)
+                if problem not in problems:
+                    problems.append(problem)
+    finally:
+        _CHECKING.reset(token)
     return problems
 
 
@@ -377,8 +427,8 @@ def sample_context() -> dict[str, Any]:
     return copy.deepcopy(_SAMPLE)
 
 
-def _sparse_context() -> dict[str, Any]:
-    """A lead that gave nothing but its address, with no owner yet."""
+def _sparse_context(owner_always_set: bool) -> dict[str, Any]:
+    """A lead that gave nothing but its address, with no owner yet (unless it always has one)."""
     context = sample_context()
     lead = context["lead"]
     optional = ("first_name", "last_name", "company", "job_title", "company_size", "country", "timezone", "locale")
@@ -386,5 +436,8 @@ def _sparse_context() -> dict[str, Any]:
         lead[key] = None
     lead.update(stage="lead", score=0, temperature="cold", attributes={})
     lead["bant"] = dict.fromkeys(lead["bant"])
-    context["owner"] = None
+    if owner_always_set:
+        lead["owner"] = context["owner"]
+    else:
+        context["owner"] = None
     return context

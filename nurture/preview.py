@@ -6,8 +6,11 @@ simulated time (like `nurture demo`), an in-process worker and a throw-away home
 (SQLite store, local outbox, SendGrid key forced off): nothing leaves the machine. The
 campaigns folder of that home holds the file under test alone, plus the real
 funnel.yaml so scoring and qualification match production. Scripted engagement is
-recorded at its offset from enrollment; then the lead's clock follows the journey's
-next action until the campaign ends. The timeline is the lead's own history.
+recorded at its offset from enrollment, except an event about one of the campaign's
+emails (`step:`) that had not gone out by then: a real lead cannot open or click an
+email before it is sent (a send window may hold it), so the timeline says it was
+ignored and why. Then the lead's clock follows the journey's next action until the
+campaign ends. The timeline is the lead's own history.
 
 Nothing here can reach sales either: a handoff needs BANT facts, which a preview never
 sets, so no owner is mailed and no CRM webhook is posted.
@@ -221,11 +224,20 @@ class Timeline:
         return [e for e in self.entries if e.kind == "email" and e.detail.get("status") == "sent"
                 and e.detail.get("campaign") == self.campaign.name]
 
+    @property
+    def failed(self) -> list[Entry]:
+        """Emails of the campaign that failed (a template that does not render for this
+        lead, a refused send): the campaign would not do what it says."""
+        return [e for e in self.entries if e.kind == "email" and e.detail.get("status") == "failed"
+                and e.detail.get("campaign") == self.campaign.name]
+
     def summary(self) -> str:
         lead, name = self.lead, self.campaign.name
         count = len(self.sent)
-        numbers = (f"{count} email{'s' if count != 1 else ''} sent; final stage {lead['stage']}, "
-                   f"score {lead['score']} (grade {lead['grade']}, {lead['temperature']})")
+        failed = len(self.failed)
+        numbers = (f"{count} email{'s' if count != 1 else ''} sent"
+                   + (f", {failed} failed" if failed else "")
+                   + f"; final stage {lead['stage']}, score {lead['score']} (grade {lead['grade']}, {lead['temperature']})")
         if self.enrolled_at is None:
             return f"{numbers}; the lead never entered {name}"
         if not self.ended:
@@ -301,16 +313,37 @@ class _Run:
         self.email = security.normalise_email(lead.email)
         self.handle = clock.client.get_workflow_handle(nurture.settings.workflow_id(journey.lead_key(self.email)))
         self.notes: list[str] = []
+        self.ignored: list[_Ignored] = []
 
     async def go(self, events: list[ScriptedEvent], horizon: timedelta) -> Timeline:
         enrolled_at = await self.enroll()
         start = enrolled_at or await self.clock.now(self.handle)
         for index, scripted in enumerate(events):
             await self.forward_to(start + scripted.at)
-            await self.nurture.record_event(self.email, scripted.type, at=await self.clock.now(self.handle),
-                                            event_id=f"preview-{index}", **scripted.fields)
+            now = await self.clock.now(self.handle)
+            waiting = self.unsent_step(scripted, now)
+            if waiting is not None:
+                self.ignored.append(_Ignored(now, scripted, waiting))
+                continue
+            await self.nurture.record_event(self.email, scripted.type, at=now, event_id=f"preview-{index}",
+                                            **scripted.fields)
         ended = enrolled_at is None or await self.until_end(start + horizon)
         return self.timeline(enrolled_at, ended)
+
+    def unsent_step(self, scripted: ScriptedEvent, now: datetime) -> str | None:
+        """An event about one of this campaign's emails (an open, a click) can only come
+        after that email went out: when it has not by `now`, what the lead was doing
+        instead ("the lead was at step case-study (send window)"); else None."""
+        step = scripted.fields.get("step")
+        if step is None or scripted.fields.get("campaign") != self.campaign.name:
+            return None
+        lead = self.nurture.show(self.email)
+        if any(_utc(h["at"]) <= now for h in _sent(lead["history"], self.campaign.name, step)):
+            return None
+        if lead["campaign"] != self.campaign.name:
+            return "the lead was no longer in the campaign"
+        waiting = f" ({lead['waiting_for']})" if lead["waiting_for"] else ""
+        return f"the lead was at step {lead['step']}{waiting}"
 
     async def enroll(self) -> datetime | None:
         """Enroll explicitly; a lead the enroll rules would keep out is let in (and told)."""
@@ -353,7 +386,32 @@ class _Run:
         entries = [Entry(at=_utc(h["at"]).astimezone(zone), offset=_utc(h["at"]) - origin, kind=h["kind"],
                          reason=h["reason"], delta=h["delta"], score=h["score"], detail=h.get("detail") or {})
                    for h in lead["history"]]
+        entries += [item.entry(zone, origin, lead["history"], self.campaign.name) for item in self.ignored]
+        entries.sort(key=lambda entry: entry.at)  # stable: the history's own order within a moment
         return Timeline(self.campaign, lead, zone, enrolled_at, entries, ended, self.notes)
+
+
+@dataclass(frozen=True)
+class _Ignored:
+    """A scripted event about an email that had not gone out yet: left out of the run."""
+
+    at: datetime
+    event: ScriptedEvent
+    waiting: str
+
+    def entry(self, zone: ZoneInfo, origin: datetime, history: list[dict[str, Any]], campaign: str) -> Entry:
+        step = self.event.fields["step"]
+        sent = [_utc(h["at"]) for h in _sent(history, campaign, step)]
+        later = f"; it went out at {format_offset(sent[0] - origin)}" if sent else "; it was never sent"
+        reason = f"scripted {self.event.type} on {step} ignored: that email had not been sent yet, {self.waiting}{later}"
+        return Entry(at=self.at.astimezone(zone), offset=self.at - origin, kind="note", reason=reason, delta=None,
+                     score=None, detail={"scripted": True, "line": self.event.line, "step": step, "ignored": True})
+
+
+def _sent(history: list[dict[str, Any]], campaign: str, step: str) -> list[dict[str, Any]]:
+    """The history entries of `step`'s email of `campaign` that went out."""
+    return [h for h in history if h["kind"] == "email" and (h.get("detail") or {}).get("status") == "sent"
+            and h["detail"].get("campaign") == campaign and h["detail"].get("step") == step]
 
 
 async def advance_until(nurture: Nurture, clock: Any, email: str, done: Callable[[dict[str, Any]], bool],

@@ -6,6 +6,7 @@ import hashlib
 import textwrap
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -900,6 +901,43 @@ def test_the_funnel_handoff_template_must_exist(tmp_path: Path) -> None:
     ]
 
 
+def test_subject_variants_are_rendered_for_the_sample_leads_at_their_own_line(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    write_template(templates, "welcome", "<p>Hello</p>\n")
+    path = campaign_with_steps(tmp_path, """\
+          - id: welcome
+            send: welcome
+            subject:
+              - "ok {{ lead.first_name or 'there' }}"
+              - "ok {{ unknown_var }}"
+          - {id: two, send: welcome, subject: "{{ lead.company or '' }}"}
+          - {id: three, send: welcome, subject: "{{ lead.first_name }}, a story for you"}
+    """)
+
+    assert report(path, templates) == [
+        "8: steps.0.subject.1: subject template: 'unknown_var' is undefined",
+        "9: steps.1.subject: subject template: the subject is empty",
+        "10: steps.2.subject: warning: subject template: prints None when the value is empty: give it a default, "
+        'e.g. {{ lead.first_name or "there" }}',
+    ]
+    assert [p.severity for p in validate_paths([path], templates)] == ["error", "error", "warning"]
+
+
+def test_the_handoff_template_is_checked_with_its_owner_set(tmp_path: Path) -> None:
+    # The handoff email always goes to an assigned owner; a campaign email may have none.
+    templates = tmp_path / "templates"
+    write_template(templates, "sales_handoff", "<p>Hi {{ owner }}: {{ lead.email }}</p>\n", subject="SQL for {{ owner }}")
+    write_template(templates, "welcome", "<p>Your rep: {{ owner }}</p>\n")
+    funnel = write(tmp_path, "handoff: {owners: [alice@acme.example]}\n", "funnel.yaml")
+    campaign = campaign_with_steps(tmp_path, "- {id: welcome, send: welcome}\n")
+
+    assert report(funnel, templates) == []
+    assert report(campaign, templates) == [
+        "4: steps.0.send: template welcome.html line 1: prints None when the value is empty: give it a default, "
+        'e.g. {{ lead.first_name or "there" }}',
+    ]
+
+
 def test_the_repository_campaigns_are_valid() -> None:
     root = Path(__file__).resolve().parent.parent
     problems = validate_paths([root / "campaigns"], root / "templates" / "email")
@@ -929,6 +967,37 @@ def test_json_schema_shape() -> None:
     assert "version" not in schema["properties"] and "source_file" not in schema["properties"]
     kinds = [ref["$ref"].rsplit("/", 1)[1] for ref in schema["properties"]["steps"]["items"]["oneOf"]]
     assert kinds == ["SendStep", "WaitStep", "WaitForStep", "GotoStep", "IfStep"]
+
+
+def test_funnel_schema_command_accepts_the_sample_funnel_and_the_defaults(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NURTURE_HOME": str(tmp_path / "home"), "NURTURE_CAMPAIGNS_DIR": str(tmp_path)}
+
+    def nurture(*args: str) -> Any:
+        result = subprocess.run([sys.executable, "-m", "nurture.cli", *args], capture_output=True, text=True,
+                                env=env, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    schema = nurture("funnel", "schema")
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    repository_funnel = Path(__file__).resolve().parent.parent / "campaigns" / "funnel.yaml"
+    defaults = nurture("funnel", "show", "--json")  # no funnel.yaml in tmp_path: the built-in defaults
+
+    assert schema["title"] == "nurture funnel" and "version" not in schema["properties"]
+    assert [e.message for e in validator.iter_errors(yaml.safe_load(repository_funnel.read_text()))] == []
+    assert [e.message for e in validator.iter_errors(yaml.safe_load(SAMPLE_FUNNEL))] == []
+    assert [e.message for e in validator.iter_errors(defaults)] == []
+    assert [e.message for e in validator.iter_errors({})] == []
+    assert not validator.is_valid({"scoring": {"evnts": {}}})
+    assert not validator.is_valid({"scoring": {"events": {"email_open": "one"}}})
+    assert not validator.is_valid({"handoff": {"sla": "2 days"}})
+    assert not validator.is_valid({"qualify": {"sql": {"bant": 5}}})
 
 
 def test_step_classes_keep_their_kind() -> None:

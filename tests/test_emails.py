@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -372,3 +373,119 @@ def test_sample_context_is_a_fresh_copy() -> None:
     assert context["lead"]["first_name"] == "Jane"
     assert set(context) >= {"lead", "campaign", "step", "owner", "unsubscribe_url", "preferences_url", "handoff"}
     assert set(context["handoff"]) == {"id", "kind", "score", "grade", "bant", "reasons", "events"}
+
+
+# ---------------------------------------------------------------- bounded work: no line can stall the process
+
+BOMB = "{{ (9**10000000) % 7 }}"  # folded at compile time by plain Jinja2: minutes holding the GIL
+RUNTIME_BOMB = "{% set n = 10000000 %}{{ (9 ** n) % 7 }}"  # the same, out of reach of any constant folding
+
+
+def test_validate_refuses_a_huge_power_promptly_at_its_file_and_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    templates = write(tmp_path, {"welcome.html": "<p>Hi</p>\n<p>" + BOMB + "</p>\n", "welcome.txt": "Subject: Hi\n\nHi\n",
+                                 "note.html": "<p>Hi</p>\n", "note.txt": "Subject: Hi\n\nHi\n"})
+    campaign = tmp_path / "trial.yaml"
+    campaign.write_text("name: trial\nsender: {from: hello@acme.example}\nsteps:\n  - {id: welcome, send: welcome}\n"
+                        f"  - {{id: again, send: note, subject: \"{BOMB}\"}}\n", encoding="utf-8")
+    env = {**os.environ, "NURTURE_HOME": str(tmp_path / "home"), "NURTURE_TEMPLATES_DIR": str(templates)}
+    started = time.monotonic()
+
+    result = subprocess.run([sys.executable, "-m", "nurture.cli", "campaign", "validate", str(campaign)],
+                            capture_output=True, text=True, env=env, timeout=60, check=False)
+
+    assert time.monotonic() - started < 20
+    too_big = "9 ** 10000000 would have about 9542426 digits (numbers in a template have at most 1233)"
+    assert result.returncode == 1 and sorted(result.stderr.splitlines()) == [
+        f"{campaign}:4: steps.0.send: template welcome.html line 2: {too_big}",
+        f"{campaign}:5: steps.1.subject: subject template: {too_big}",
+    ], result.stderr
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    (BOMB, "9 ** 10000000 would have about 9542426 digits"),
+    ("{% if false %}" + BOMB + "{% endif %}", "9 ** 10000000 would have about 9542426 digits"),  # even unreached
+    (RUNTIME_BOMB, "9 ** 10000000 would have about 9542426 digits"),
+    ("{% set n = 2 ** 4000 %}{{ n * n }}", "is too large a number for a template"),
+    ("{{ 'x' * 10**9 }}", "repeating 1 character 1000000000 times would make 1000000000 characters (at most 1000000"),
+    ("{% set n = 10**9 %}{{ [0] * n }}", "repeating 1 item 1000000000 times"),
+    ("{{ 'x'|center(10**9) }}", "|center would make about 1000000000 characters"),
+    ("{{ 'x'.ljust(10**9) }}", "ljust would make about 1000000000 characters"),
+    ("{{ ('a' * 1000)|replace('a', 'b' * 10000) }}", "|replace would make about 10000000 characters"),
+    ("{{ '%999999999d' % 1 }}", "a width in this % format is too large"),
+    ("{{ '{:>999999999}'.format(1) }}", "a width in this format is too large"),
+    ("{{ range(10**9)|list }}", "Range too big"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+     "loops turned more than 100000 times in one email"),
+    ("{% set ns = namespace(s='xx') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+     "namespace value 's' would hold 1048576 characters"),
+    ("{% macro d(s, n) %}{{ d(s ~ s, n - 1) if n else s|length }}{% endmacro %}{{ d('x', 40) }}",
+     "an argument would hold 1048576 characters"),
+    ("{% macro m(n) %}{{ m(n - 1) if n else '' }}{{ m(n - 1) if n else '' }}{% endmacro %}{{ m(40) }}",
+     "more than 100000 calls in one email"),
+    ("{{ lipsum(100000) }}", "'lipsum' is undefined"),
+    ("{{ 'abc'.translate({97: 'x' * 100000}) }}", "access to attribute 'translate' of 'str' object is unsafe"),
+])
+def test_work_a_template_asks_for_is_bounded(source: str, message: str) -> None:
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(TemplateError) as caught:
+        render_email(TEMPLATES, "welcome", sample_context(), subject_override=source)
+
+    assert time.monotonic() - started < 2
+    assert caught.value.file == "subject override" and caught.value.line == 1
+    assert message in caught.value.detail
+
+
+def test_ordinary_arithmetic_loops_and_formats_still_work() -> None:
+    source = ("{{ 2 ** 100 }} {{ 7 * 6 }} {{ 'ab' * 3 }} {{ '%5.2f' % 3.14159 }} {{ '{:,}'.format(1234567) }} "
+              "{{ '%d'|format(12345678) }} {% for x in [1, 2, 3] %}{{ loop.index }}{{ loop.last }}{% endfor %} "
+              "{% set ns = namespace(n=0) %}{% for i in range(5) %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }} "
+              "{{ lead.first_name|center(9)|trim }}")
+
+    rendered = render_email(TEMPLATES, "welcome", sample_context(), subject_override=source)
+
+    assert rendered.subject == ("1267650600228229401496703205376 42 ababab 3.14 1,234,567 12345678 "
+                                "1False2False3True 10 Jane")
+
+
+def test_a_render_has_a_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from nurture import template_sandbox
+
+    monkeypatch.setattr(template_sandbox, "RENDER_SECONDS", 0.2)
+    slow = "{% for i in range(90000) %}{{ (range(2000)|list|sort|first) }}{% endfor %}"  # within every count
+    started = time.monotonic()
+
+    with pytest.raises(TemplateError, match="the template took longer than 0.2 s to render"):
+        render_email(TEMPLATES, "welcome", sample_context(), subject_override=slow)
+
+    assert time.monotonic() - started < 2
+
+
+async def test_a_subject_that_asks_too_much_fails_that_send_cleanly(temporal_env, tmp_path: Path) -> None:
+    import time
+
+    from tests.conftest import _stack, make_settings
+
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    (campaigns / "bomb.yaml").write_text(
+        "name: bomb\nsender: {from: hello@acme.example}\nsteps:\n"
+        f"  - {{id: welcome, send: welcome, subject: \"{RUNTIME_BOMB}\"}}\n"
+        "  - {id: checkin, send: checkin}\n", encoding="utf-8")
+    async with _stack(temporal_env, make_settings(tmp_path / "home", campaigns_dir=campaigns)) as stack:
+        started = time.monotonic()
+        await stack.add("bob@initech.example", campaign="bomb", first_name="Bob")
+        lead = await stack.until("bob@initech.example", lambda lead: lead["campaign"] is None, step=timedelta(hours=1))
+
+    assert time.monotonic() - started < 30
+    emails = [(h["detail"]["step"], h["detail"]["status"], h["reason"]) for h in lead["history"] if h["kind"] == "email"]
+    assert emails[0] == ("welcome", "failed", "welcome failed: subject override line 1: 9 ** 10000000 would have about "
+                                              "9542426 digits (numbers in a template have at most 1233)")
+    assert emails[1][:2] == ("checkin", "sent")  # the worker went on serving

@@ -12,13 +12,14 @@ import os
 import re
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
 
+from nurture import rules
 from nurture.campaign import CampaignError, load_campaign
 from nurture.preview import (
     _utc,
@@ -53,18 +54,38 @@ def at_hours(entries: list[dict[str, Any]], origin: str) -> list[float]:
 # ---------------------------------------------------------------- the same path as a real run
 
 
+def zone_at_local_hour(hour: int) -> str:
+    """A fixed-offset zone where the clock now shows `hour` (Etc/GMT-3 is UTC+3): the
+    send window's effect then does not depend on the hour the tests run."""
+    offset = (hour - datetime.now(timezone.utc).hour) % 24
+    offset = offset - 24 if offset > 14 else offset
+    return f"Etc/GMT{-offset:+d}" if offset else "UTC"
+
+
+def click_after_the_case_study(zone: str) -> timedelta:
+    """When to click so the case study has gone out (3 hours after it; before the 3d timeout)."""
+    window = load_campaign(SAMPLE).send_window
+    now = datetime.now(timezone.utc)
+    welcome = rules.next_send_slot(now, window, zone)
+    return rules.next_send_slot(welcome + timedelta(days=2), window, zone) + timedelta(hours=3) - now
+
+
 async def test_the_preview_is_the_path_a_real_run_takes(stack, tmp_path: Path) -> None:
+    # 10:00 in the lead's zone: the welcome goes out at once on a weekday, far from the window's edges.
+    lead = {**JANE, "timezone": zone_at_local_hour(10)}
+    click = click_after_the_case_study(lead["timezone"])
     campaign = load_campaign(SAMPLE)
-    events = read_events(write(tmp_path / "events.yaml", CLICK), campaign)
-    preview = await run_preview(SAMPLE, LeadIn(**JANE), events, stack.settings)
+    script = f"- {{at: {int(click.total_seconds() // 60)}m, type: email_click, step: case-study}}\n"
+    events = read_events(write(tmp_path / "events.yaml", script), campaign)
+    preview = await run_preview(SAMPLE, LeadIn(**lead), events, stack.settings)
 
     # The same lead, campaign and click at the same offset, on the test stack's own server and worker.
-    email = JANE["email"]
-    await stack.add(email, campaign="b2b-trial", **{k: v for k, v in JANE.items() if k != "email"})
+    email = lead["email"]
+    await stack.add(email, campaign="b2b-trial", **{k: v for k, v in lead.items() if k != "email"})
     history = stack.show(email)["history"]
     (enrolled,) = [h["at"] for h in history if h["reason"].startswith("enrolled in b2b-trial ")]
     handle = stack.handle(email)
-    await stack.forward(email, _utc(enrolled) + timedelta(days=2, hours=3) - await stack.env.now(handle))
+    await stack.forward(email, _utc(enrolled) + events[0].at - await stack.env.now(handle))
     await stack.nurture.record_event(email, "email_click", at=await stack.env.now(handle), step="case-study",
                                      campaign="b2b-trial")
     await stack.forward(email, timedelta(days=30))
@@ -84,17 +105,40 @@ async def test_the_preview_is_the_path_a_real_run_takes(stack, tmp_path: Path) -
     assert sent_steps(entries) == ["welcome", "case-study", "demo-invite", "end"]
     reasons = [e.reason for e in preview.entries]
     assert "wait-click: email_click on case-study seen" in reasons
-    assert not any("going to reminder" in r for r in reasons)
-    assert [e for e in entries if e["kind"] == "score"][0]["offset"] == "+2d 03:00"
-    assert preview.zone.key == "Europe/Paris"
+    assert not any("going to reminder" in r for r in reasons) and not any("ignored" in r for r in reasons)
+    assert [e for e in entries if e["kind"] == "score"][0]["offset"] == format_offset(events[0].at)
+    assert preview.zone.key == lead["timezone"]
 
     console = Console(record=True, width=160)
     render(preview, console)
     text = console.export_text()
-    assert "time (Europe/Paris)" in text and "+2d 03:00" in text and "email_click" in text
+    assert f"time ({lead['timezone']})" in text and format_offset(events[0].at) in text and "email_click" in text
     assert re.search(r"sent case_study: \"(Save 30% like Globex|Jane, a story for you)\"", text)
     assert re.search(r"4 emails sent; final stage lead, score 5 \(grade A, cold\); left b2b-trial at \+\d+d \d\d:\d\d: "
                      r"completed", text), text
+
+
+async def test_a_click_before_its_email_went_out_is_ignored_and_the_timeline_says_why(stack, tmp_path: Path) -> None:
+    # 02:00 in the lead's zone: the welcome waits for 09:00, and the case study two days
+    # after it (later still over a weekend), so a click at 2d3h comes before the case study.
+    lead = LeadIn(**{**JANE, "timezone": zone_at_local_hour(2)})
+    events = read_events(write(tmp_path / "events.yaml", CLICK), load_campaign(SAMPLE))
+
+    preview = await run_preview(SAMPLE, lead, events, stack.settings)
+
+    entries = [e.as_json() for e in preview.entries]
+    (ignored,) = [e for e in entries if e.get("detail", {}).get("ignored")]
+    assert (ignored["kind"], ignored["offset"], ignored["delta"]) == ("note", "+2d 03:00", None)
+    match = re.fullmatch(r"scripted email_click on case-study ignored: that email had not been sent yet, "
+                         r"the lead was at step (step-2 \(wait 2d\)|welcome \(send window\)); "
+                         r"it went out at (\+\d+d \d\d:\d\d)", ignored["reason"])
+    assert match, ignored["reason"]
+    (case_study,) = [e for e in entries if e["kind"] == "email" and e["detail"].get("step") == "case-study"]
+    assert match[2] == case_study["offset"] and _utc(case_study["at"]) > _utc(ignored["at"])
+    # the click never happened for the journey: the timeout path, and no points
+    assert sent_steps(entries) == ["welcome", "case-study", "reminder", "end"]
+    assert "wait-click: no email_click on case-study within 3d, going to reminder" in [e["reason"] for e in entries]
+    assert not [e for e in entries if e["kind"] == "score"] and preview.lead["score"] == 0
 
 
 def _timeless(reason: str) -> str:
@@ -221,3 +265,30 @@ async def test_the_cli_refuses_bad_input_before_starting_anything(tmp_path: Path
     assert "steps.3.timeout" in lines[0] and "demo_invitation" in lines[1]
     assert runs[3].stderr.strip() == f"{tmp_path / 'nope.yaml'}:1: (file): no such file"
     assert not (tmp_path / "home").exists()
+
+
+async def test_the_cli_exits_1_when_a_step_fails_and_refuses_a_subject_that_cannot_render(tmp_path: Path) -> None:
+    import asyncio
+
+    env = cli_env(tmp_path / "home", COLUMNS="200")
+    jane = write(tmp_path / "jane.json", json.dumps(JANE))
+    sample = SAMPLE.read_text(encoding="utf-8")
+    line = next(i for i, text in enumerate(sample.splitlines(), 1) if "id: case-study, send: case_study" in text)
+    # Renders for the sample leads of validation (US, and none), fails for Jane (FR) at send time.
+    only_in_france = "{% if lead.country == 'FR' %}{{ lead.nope }}{% endif %}Our story"
+    subjects = re.search(r"subject: (\[.*\])", sample)[1]
+    failing = write(tmp_path / "failing.yaml", sample.replace(subjects, json.dumps(only_in_france)))
+    unknown = write(tmp_path / "unknown.yaml", sample.replace(subjects, '["Hello", "ok {{ unknown_var }}"]'))
+
+    failed, refused = await asyncio.gather(
+        asyncio.to_thread(nurture, "campaign", "test", str(failing), "--lead", str(jane), env=env, cwd=tmp_path),
+        asyncio.to_thread(nurture, "campaign", "test", str(unknown), "--lead", str(jane), env=env, cwd=tmp_path),
+    )
+
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed
+    assert "case_study failed: subject override line 1: 'dict object' has no attribute 'nope'" in failed.stdout
+    assert re.search(r"3 emails sent, 1 failed; final stage lead", failed.stdout), failed.stdout
+    assert re.fullmatch(r"error: step case-study at \+\d+d \d\d:\d\d: case_study failed: subject override line 1: "
+                        r"'dict object' has no attribute 'nope'", failed.stderr.strip()), failed.stderr
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr.strip() == f"{unknown}:{line}: steps.2.subject.1: subject template: 'unknown_var' is undefined"
