@@ -42,6 +42,7 @@ from pydantic import (
 )
 
 from nurture.emails import check_subject, check_template, subject_syntax_error
+from nurture.yamlload import BoundedSafeLoader, StatCache
 
 # ---------------------------------------------------------------- vocabulary (contract section 1)
 
@@ -766,7 +767,7 @@ class _Source:
 def _yaml_loader() -> type:
     """PyYAML's SafeLoader with YAML 1.2 booleans: only true/false, so that a country
     code `NO` or a word like `on`/`yes` stays text instead of turning into a boolean."""
-    class Loader(yaml.SafeLoader):
+    class Loader(BoundedSafeLoader):  # aliases past a small budget are refused (nurture.yamlload)
         pass
 
     bool_tag = "tag:yaml.org,2002:bool"
@@ -1386,7 +1387,20 @@ class _Checked:
         return _as_name(self.source.get("name")) if self.source else None
 
 
+# Files already checked, by path and stat: pages and the API look campaigns up per request.
+_CAMPAIGNS_CHECKED: StatCache[_Checked] = StatCache()
+_FUNNELS_CHECKED: StatCache[_Checked] = StatCache()
+
+
 def _check_campaign(path: Path) -> _Checked:
+    return _CAMPAIGNS_CHECKED.get(path, _check_campaign_file)
+
+
+def _check_funnel(path: Path) -> _Checked:
+    return _FUNNELS_CHECKED.get(path, _check_funnel_file)
+
+
+def _check_campaign_file(path: Path) -> _Checked:
     source, problems = _read_yaml(path)
     if source is None:
         return _Checked(path, None, None, problems)
@@ -1401,7 +1415,7 @@ def _check_campaign(path: Path) -> _Checked:
     return _Checked(path, source, campaign, _by_line(problems + errors))
 
 
-def _check_funnel(path: Path) -> _Checked:
+def _check_funnel_file(path: Path) -> _Checked:
     source, problems = _read_yaml(path)
     if source is None:
         return _Checked(path, None, None, problems)

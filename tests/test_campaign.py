@@ -552,6 +552,78 @@ def test_a_subject_with_broken_template_syntax(tmp_path: Path) -> None:
     assert report(path) == ["8: steps.0.subject.1: subject template: unexpected '}'"]
 
 
+# ---------------------------------------------------------------- hostile and repeated files
+
+
+def alias_bomb(levels: int) -> str:
+    """A campaign file whose each level repeats the one before nine times: 9**levels values."""
+    rows = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    rows += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, levels)]
+    return HEAD + "\n".join(rows) + "\nsteps: [{id: welcome, send: welcome}]\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_in_under_a_second_with_one_line(tmp_path: Path) -> None:
+    import time
+
+    bomb = write(tmp_path, alias_bomb(9))  # 12 lines standing for 387 million values
+    small = write(tmp_path, alias_bomb(5), "small.yaml")  # 59049 values: past the budget too
+    started = time.monotonic()
+
+    problems = validate_paths([bomb, small], None)
+
+    assert time.monotonic() - started < 1
+    message = ("invalid YAML: the aliases (*name) of this file stand for more than 10000 values: write the values out, "
+               "or use fewer aliases")
+    assert [str(p) for p in problems] == [f"{bomb}:7: (file): {message}", f"{small}:7: (file): {message}"]
+    with pytest.raises(CampaignError, match="stand for more than 10000 values"):
+        load_campaign(bomb)
+
+
+def test_anchors_and_merge_keys_within_the_budget_still_work(tmp_path: Path) -> None:
+    path = campaign_with_steps(tmp_path, """\
+          - &mail {id: welcome, send: welcome, subject: [Hello, Hi]}
+          - {wait: 2d}
+          - {<<: *mail, id: again}
+    """)
+
+    assert [step.id for step in load_campaign(path).steps] == ["welcome", "step-2", "again"]
+
+
+def test_an_unchanged_file_is_not_parsed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import nurture.campaign
+
+    parsed: list[str] = []
+    read_yaml = nurture.campaign._read_yaml
+    monkeypatch.setattr(nurture.campaign, "_read_yaml", lambda path: parsed.append(path.name) or read_yaml(path))
+    path = write(tmp_path, SAMPLE_CAMPAIGN, "b2b.yaml")
+    funnel = write(tmp_path, SAMPLE_FUNNEL, "funnel.yaml")
+    an_hour_ago = os.stat(path).st_mtime_ns - 3600 * 10**9
+    for file in (path, funnel):
+        os.utime(file, ns=(an_hour_ago, an_hour_ago))
+
+    first = load_campaign(path)
+    again = [load_campaign(path), find_campaign(tmp_path, "b2b-trial"), *load_campaigns(tmp_path)]
+    funnels = [load_funnel(funnel), load_funnel(funnel)]
+
+    assert parsed == ["b2b.yaml", "funnel.yaml"]
+    assert all(campaign == first for campaign in again) and funnels[0] == funnels[1]
+    path.write_text(SAMPLE_CAMPAIGN.replace("Trial sign-ups", "Trial signups!"), encoding="utf-8")  # same size
+    assert load_campaign(path).description == "Trial signups! to a sales demo"
+    assert parsed == ["b2b.yaml", "funnel.yaml", "b2b.yaml"]
+
+
+def test_a_file_edited_twice_within_a_clock_tick_is_never_served_stale(tmp_path: Path) -> None:
+    path = write(tmp_path, SAMPLE_CAMPAIGN)
+    versions = []
+    for description in ("aaaa", "bbbb", "cccc"):  # the same size each time, written at once
+        path.write_text(SAMPLE_CAMPAIGN.replace("Trial sign-ups to a sales demo", description), encoding="utf-8")
+        versions.append(load_campaign(path).description)
+
+    assert versions == ["aaaa", "bbbb", "cccc"]
+
+
 # ---------------------------------------------------------------- send window, cap, enroll, conditions
 
 
