@@ -199,6 +199,19 @@ def _event_name(value: str) -> str:
     raise ValueError(f"event names are lower-case words joined by _, like email_click: got {_shown(value)}{hint}")
 
 
+# Line breaks and control characters: in a header (a sender, a subject) they would start
+# a new header; in an id or a name they would forge lines of logs, history and tables.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line_text(value: str) -> str:
+    found = _CONTROL_RE.search(value)
+    if found:
+        raise ValueError(f"must be one line of text without control characters: found {ascii(found[0])} "
+                         f"at character {found.start() + 1}")
+    return value
+
+
 def _email(value: str) -> str:
     """An address, optionally with a display name: `Acme <hello@acme.example>`."""
     if not _ADDRESS_RE.match(parseaddr(value)[1]):
@@ -267,7 +280,8 @@ def _check_regex(pattern: Any) -> None:
 
 
 Where = dict[str, Annotated[Any, AfterValidator(_where_test)]]
-EmailAddress = Annotated[str, AfterValidator(_email)]
+OneLine = Annotated[str, AfterValidator(_one_line_text)]
+EmailAddress = Annotated[str, AfterValidator(_one_line_text), AfterValidator(_email)]
 EventName = Annotated[str, AfterValidator(_event_name)]
 TemperatureNames = Annotated[
     Union[str, list[str]],
@@ -365,14 +379,14 @@ class FrequencyCap(_Strict):
 
 # One subject, or several for an A/B split (each lead gets one, deterministically).
 Subjects = Annotated[
-    list[str],
+    list[OneLine],
     Field(min_length=1),
     WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}),
 ]
 
 
 class SendStep(_Strict):
-    id: str
+    id: OneLine
     send: str
     subject: Subjects | None = None
 
@@ -396,7 +410,7 @@ class SendStep(_Strict):
 
 
 class WaitStep(_Strict):
-    id: str
+    id: OneLine
     wait: Duration
 
     @property
@@ -411,7 +425,7 @@ class WaitFor(_Strict):
 
 
 class WaitForStep(_Strict):
-    id: str
+    id: OneLine
     wait_for: WaitFor
     timeout: Duration
     on_timeout: str | None = None  # None: carry on with the next step
@@ -422,7 +436,7 @@ class WaitForStep(_Strict):
 
 
 class GotoStep(_Strict):
-    id: str
+    id: OneLine
     goto: str
 
     @property
@@ -431,7 +445,7 @@ class GotoStep(_Strict):
 
 
 class IfStep(_Strict):
-    id: str
+    id: OneLine
     if_: Condition = Field(alias="if")
     then: str
     else_: str | None = Field(default=None, alias="else")  # None: the next step
@@ -487,7 +501,7 @@ _TaggedStep = Annotated[
 
 
 class Campaign(_Strict):
-    name: str = Field(pattern=_CAMPAIGN_NAME)
+    name: OneLine = Field(pattern=_CAMPAIGN_NAME)
     description: str = ""
     sender: Sender
     enroll: Enroll = Enroll()

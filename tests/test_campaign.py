@@ -756,6 +756,29 @@ def test_campaign_name_format(tmp_path: Path) -> None:
     assert report(path) == ["1: name: use lower-case letters, digits, '-' and '_', like b2b-trial; got 'B2B Trial'"]
 
 
+def test_line_breaks_and_control_characters_are_refused_where_they_could_forge_headers_or_lines(tmp_path: Path) -> None:
+    # Double-quoted YAML turns \r\n and \x1b escapes into the characters themselves.
+    path = write(tmp_path, """\
+        name: "trial\\n"
+        sender: {from: "Acme <hello@acme.example>\\r\\nBcc: all@victims.example", reply_to: "sales@acme.example\\n"}
+        steps:
+          - {id: "welcome\\r\\nsent welcome", send: welcome, subject: ["Hello", "Hi\\r\\nBcc: x@y.example"]}
+          - {id: "wait\\x1b[2J", wait: 2d}
+          - {id: last, send: welcome, subject: "Bye\\u2028now"}
+    """)
+
+    one_line = "must be one line of text without control characters: found"
+    assert report(path) == [
+        "1: name: use lower-case letters, digits, '-' and '_', like b2b-trial; got 'trial\\n'",
+        f"2: sender.from: {one_line} '\\r' at character 26",
+        f"2: sender.reply_to: {one_line} '\\n' at character 19",
+        f"4: steps.0.id: {one_line} '\\r' at character 8",
+        f"4: steps.0.subject.1: {one_line} '\\r' at character 3",
+        f"5: steps.1.id: {one_line} '\\x1b' at character 5",
+        f"6: steps.2.subject: {one_line} '\\u2028' at character 4",
+    ]
+
+
 def test_every_problem_of_a_file_at_once(tmp_path: Path) -> None:
     path = write(tmp_path, """\
         name: trial
