@@ -221,14 +221,16 @@ class Timeline:
 
     @property
     def sent(self) -> list[Entry]:
-        return [e for e in self.entries if e.kind == "email" and e.detail.get("status") == "sent"
-                and e.detail.get("campaign") == self.campaign.name]
+        return self._emails("sent")
 
     @property
     def failed(self) -> list[Entry]:
         """Emails of the campaign that failed (a template that does not render for this
         lead, a refused send): the campaign would not do what it says."""
-        return [e for e in self.entries if e.kind == "email" and e.detail.get("status") == "failed"
+        return self._emails("failed")
+
+    def _emails(self, status: str) -> list[Entry]:
+        return [e for e in self.entries if e.kind == "email" and e.detail.get("status") == status
                 and e.detail.get("campaign") == self.campaign.name]
 
     def summary(self) -> str:

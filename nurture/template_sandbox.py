@@ -249,7 +249,9 @@ def _join_estimate(value: Any, d: Any = "", attribute: Any = None) -> float:
 
 def _wordwrap_estimate(s: Any, width: Any = 79, break_long_words: bool = True, wrapstring: Any = None,
                        break_on_hyphens: bool = True) -> float:
-    return len(str(s)) * (1 + len(str(wrapstring or "\n")))
+    text = str(s)
+    lines = len(text) // max(width if _is_int(width) else 1, 1) + text.count("\n") + 1
+    return len(text) + lines * len(str(wrapstring or "\n"))
 
 
 def _tabs_estimate(value: Any, tabsize: Any = 8) -> float:
