@@ -17,7 +17,7 @@ huge value in one C call; a deadline only helps between operations:
 2. Before it runs, an operation that would make a number over MAX_INT_BITS bits or a
    text or list over MAX_SIZE items is refused: `**`, `*` and `+` of numbers and
    sequences, `%` and `str.format` widths, the amplifying filters and string methods
-   (center, indent, replace, join, wordwrap, ljust, ...), `range` (the sandbox's own
+   (center, indent, replace, join, wordwrap, batch, slice, tojson, ljust, ...), `range` (the sandbox's own
    limit), values stored in a `namespace` or passed to a macro. `lipsum` is removed
    and `str.translate` refused: an email needs neither, and neither can be bounded.
 3. What repeats is counted per render (a template with its includes): loop turns,
@@ -139,9 +139,9 @@ def _check_size(value: Any, what: str) -> None:
         raise LimitError(f"{what} would hold {_units(value, size)} (at most {MAX_SIZE} in a template)")
 
 
-def _check_estimate(estimate: float, what: str) -> None:
+def _check_estimate(estimate: float, what: str, unit: str = "characters") -> None:
     if estimate > MAX_SIZE:
-        raise LimitError(f"{what} would make about {int(estimate)} characters (at most {MAX_SIZE} in a template)")
+        raise LimitError(f"{what} would make about {int(estimate)} {unit} (at most {MAX_SIZE} in a template)")
 
 
 def _is_int(value: Any) -> bool:
@@ -254,6 +254,19 @@ def _wordwrap_estimate(s: Any, width: Any = 79, break_long_words: bool = True, w
     return len(text) + lines * len(str(wrapstring or "\n"))
 
 
+def _batch_estimate(value: Any, linecount: Any = 0, fill_with: Any = None) -> float:
+    return linecount if fill_with is not None and _is_int(linecount) else 0  # the last batch is padded
+
+
+def _slice_estimate(value: Any, slices: Any = 0, fill_with: Any = None) -> float:
+    return slices if _is_int(slices) else 0
+
+
+def _tojson_estimate(value: Any, indent: Any = None) -> float:
+    text = str(value)
+    return len(text) * (1 + indent) if _is_int(indent) else 0  # each value on its own indented line
+
+
 def _tabs_estimate(value: Any, tabsize: Any = 8) -> float:
     return len(str(value)) + str(value).count("\t") * (tabsize if _is_int(tabsize) else 0)
 
@@ -264,6 +277,9 @@ _FILTER_ESTIMATES: dict[str, Callable[..., float]] = {
     "replace": _replace_estimate,
     "join": _join_estimate,
     "wordwrap": _wordwrap_estimate,
+    "batch": _batch_estimate,
+    "slice": _slice_estimate,
+    "tojson": _tojson_estimate,
 }
 _METHOD_ESTIMATES: dict[str, Callable[..., float]] = {
     "center": _width_estimate,
@@ -281,7 +297,7 @@ def _estimate(estimator: Callable[..., float], what: str, args: tuple[Any, ...],
         estimate = estimator(*args, **kwargs)
     except (TypeError, ValueError):
         return  # wrong arguments: the call itself says so
-    _check_estimate(estimate, what)
+    _check_estimate(estimate, what, "items" if estimator in (_batch_estimate, _slice_estimate) else "characters")
 
 
 def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
