@@ -19,8 +19,7 @@ import socket
 import time
 import urllib.error
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import make_msgid, parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from nurture import crud, security
+from nurture import crud, outbox, security
 from nurture.config import Settings
 from nurture.db import session_scope
 from nurture.emails import Rendered, TemplateError, render_email
@@ -252,23 +251,16 @@ class EmailActivities:
 
     def _write_outbox(self, inp: SendEmailInput, rendered: Rendered) -> str:
         """Local-outbox mode: a real RFC 5322 file, written atomically."""
-        message = EmailMessage()
-        message["From"] = inp.sender
-        message["To"] = inp.to
-        if inp.reply_to:
-            message["Reply-To"] = inp.reply_to
-        message["Subject"] = rendered.subject
-        message["Date"] = format_datetime(utcnow())
         message_id = make_msgid(domain="nurture.local")
-        message["Message-ID"] = message_id
-        for key, value in {**self._list_headers(inp), **{f"X-Nurture-{k.title()}": v for k, v in self._custom_args(inp).items()}}.items():
-            message[key] = value
-        message.set_content(rendered.text)
-        message.add_alternative(rendered.html, subtype="html")
+        tracking = {f"X-Nurture-{k.title()}": v for k, v in self._custom_args(inp).items()}
+        data = outbox.build_message(sender=inp.sender, to=inp.to, reply_to=inp.reply_to, subject=rendered.subject,
+                                    date=utcnow(), message_id=message_id,
+                                    headers={**self._list_headers(inp), **tracking},
+                                    text=rendered.text, html=rendered.html)
         path = self._outbox_path(inp.send_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(bytes(message))
+        temporary.write_bytes(data)
         os.replace(temporary, path)
         return message_id
 
