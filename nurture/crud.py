@@ -5,7 +5,8 @@ Routes, CLI commands and activities call these; none opens a session of its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -131,9 +132,14 @@ def stage_changes(*, session: Session, key: str, to: str) -> list[datetime]:
     return [row.at for row in rows if (row.detail or {}).get("to") == to]
 
 
-def forget_lead(*, session: Session, lead: Lead, email_hash: str) -> None:
-    """Erase personal data; keep the key, the history's numbers and a suppression hash."""
+def forget_lead(*, session: Session, lead: Lead, email_hash: str) -> list[str]:
+    """Erase personal data; keep the key, the history's numbers and a suppression hash.
+
+    Returns the send ids of the lead's emails, whose outbox files the caller removes.
+    Free text that may quote the lead (history reasons such as `sent welcome: "Ann, ..."`,
+    a sales rep's reject reason) keeps its words with the address and names blanked."""
     suppress(session=session, email_hash=email_hash, reason="forgotten")
+    blank = _personal_text(lead)
     for name in PROFILE_COLUMNS:
         setattr(lead, name, None)
     lead.email = None
@@ -141,12 +147,28 @@ def forget_lead(*, session: Session, lead: Lead, email_hash: str) -> None:
     lead.status = "unsubscribed"
     lead.campaign = lead.step = lead.waiting_for = None
     session.add(lead)
-    session.execute(update(Email).where(col(Email.lead_key) == lead.key).values(to=None))
+    sends = list(session.exec(select(Email.send_id).where(Email.lead_key == lead.key)).all())
+    session.execute(update(Email).where(col(Email.lead_key) == lead.key).values(to=None, subject="", error=None))
     session.execute(update(Event).where(col(Event.lead_key) == lead.key).values(email=None, data={}))
     session.execute(update(Handoff).where(col(Handoff.lead_key) == lead.key).values(email=None, snapshot={}))
+    for handoff in session.exec(select(Handoff).where(Handoff.lead_key == lead.key, col(Handoff.reason).is_not(None))):
+        handoff.reason = blank(handoff.reason or "")
+        session.add(handoff)
     for entry in session.exec(select(History).where(History.lead_key == lead.key)).all():
         entry.detail = {}
+        entry.reason = blank(entry.reason)
         session.add(entry)
+    return sends
+
+
+def _personal_text(lead: Lead) -> Callable[[str], str]:
+    """A function that blanks the lead's address and names (whole words, any case) in a text."""
+    values = sorted({v.strip() for v in (lead.email, lead.first_name, lead.last_name) if v and v.strip()},
+                    key=len, reverse=True)
+    if not values:
+        return lambda text: text
+    pattern = re.compile("|".join(rf"(?<!\w){re.escape(v)}(?!\w)" for v in values), re.IGNORECASE)
+    return lambda text: pattern.sub("[forgotten]", text)
 
 
 # ---------------------------------------------------------------- suppression

@@ -61,3 +61,14 @@ def upgrade(url: str) -> None:
     """Bring the schema to the newest revision (idempotent)."""
     get_engine(url)  # creates the SQLite folder if needed
     command.upgrade(alembic_config(url), "head")
+
+
+def reclaim_erased(url: str) -> None:
+    """After an erase: rewrite the SQLite file so the erased bytes linger in no free page,
+    and empty the write-ahead log that still holds the old pages. (PostgreSQL keeps the old
+    row versions until autovacuum reuses them; the README says what an operator can do.)"""
+    if not url.startswith("sqlite"):
+        return
+    with get_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("VACUUM")
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")

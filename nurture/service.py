@@ -28,7 +28,7 @@ from temporalio.service import RPCError
 
 from nurture import crud, journey, security
 from nurture.config import Settings
-from nurture.db import session_scope
+from nurture.db import reclaim_erased, session_scope
 from nurture.journey import LeadEvent, LeadProfile
 from nurture.models import Event, Lead, as_utc, utcnow
 from nurture.temporal import TemporalUnavailable, connect
@@ -229,10 +229,15 @@ class Nurture:
         lead = self._lead(email)
         address = lead.email or email
         await self._update(lead.key, LeadWorkflow.forget, ForgetInput())
+        sends: list[str] = []
         with self.session() as session:
             stored = crud.get_lead_by_key(session=session, key=lead.key)
             if stored is not None:
-                crud.forget_lead(session=session, lead=stored, email_hash=security.email_hash(address))
+                sends = crud.forget_lead(session=session, lead=stored, email_hash=security.email_hash(address))
+        for send_id in sends:  # the outbox copies name the lead too
+            for suffix in (".eml", ".tmp"):
+                (self.settings.outbox_dir / f"{send_id}{suffix}").unlink(missing_ok=True)
+        reclaim_erased(self.settings.db_url)
         # The workflow's own history still holds the address: remove the run as well.
         try:
             client = await self.client()

@@ -10,10 +10,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import inspect
+from sqlmodel import select
 
 from nurture import crud
 from nurture.db import get_engine, session_scope, upgrade
-from nurture.models import Email, Event, Handoff
+from nurture.models import Email, Event, Handoff, History
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -123,6 +124,26 @@ def test_handoff_number_is_unique_per_lead_and_forget_erases_personal_data(db):
         assert kept.first_name is None and kept.email is None and kept.status == "unsubscribed"
         assert crud.find_handoff(session=session, key="k4", number=1).snapshot == {}
         assert crud.is_suppressed(session=session, email_hash="h" * 64) == "forgotten"
+
+
+def test_forget_blanks_the_subjects_and_the_texts_that_quote_the_lead(db):
+    with session_scope(db) as session:
+        crud.upsert_lead(session=session, key="k7", email="eve.adams@f.example",
+                         profile={"first_name": "Eve", "last_name": "Adams"})
+        crud.claim_email(session=session, email=Email(send_id="s7", lead_key="k7", to="eve.adams@f.example",
+                                                      template="welcome", subject="Eve, welcome"))
+        crud.create_handoff(session=session, handoff=Handoff(lead_key="k7", number=1, reason="eve asked for Adams Ltd"))
+        session.add(History(lead_key="k7", seq=1, at=datetime.now(timezone.utc), kind="email",
+                            reason='sent welcome: "Eve, welcome" to eve.adams@f.example (Steve saw it)'))
+    with session_scope(db) as session:
+        lead = crud.get_lead_by_key(session=session, key="k7")
+        assert crud.forget_lead(session=session, lead=lead, email_hash="e" * 64) == ["s7"]
+    with session_scope(db) as session:
+        (email,) = crud.emails_of(session=session, key="k7")
+        assert email.subject == "" and email.to is None
+        assert crud.find_handoff(session=session, key="k7", number=1).reason == "[forgotten] asked for [forgotten] Ltd"
+        (entry,) = session.exec(select(History).where(History.lead_key == "k7")).all()
+        assert entry.reason == 'sent welcome: "[forgotten], welcome" to [forgotten] (Steve saw it)'
 
 
 def test_times_read_back_in_utc(db):
