@@ -99,7 +99,9 @@ class ScoringEvents:
 def event_from_row(row: Any) -> LeadEvent:
     data = dict(row.data or {})
     known = {name: data.get(name) for name in ("url", "asset", "form", "event", "campaign", "step", "send_id", "bant")}
-    return LeadEvent(id=row.id, type=row.type, at=row.at, machine_open=bool(data.get("machine_open")), **known)
+    reason = data.get("reason") if row.type == "email_dropped" else None
+    return LeadEvent(id=row.id, type=row.type, at=row.at, machine_open=bool(data.get("machine_open")),
+                     reason=reason, **known)
 
 
 class _FileCache:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from nurture import security
-from nurture.journey import SUPPRESSING_EVENTS
+from nurture.journey import suppressing_status
 from nurture.models import Counter, Email, Event, Handoff, History, Lead, Suppression, utcnow
 
 PROFILE_COLUMNS = (
@@ -93,11 +93,14 @@ def apply_projection(*, session: Session, key: str, version: int, fields: dict[s
     lead = Lead.__table__
     fields = dict(fields)
     status = fields.pop("status", None)
+    opted_in = fields.pop("opted_in", False)
     if status is not None:
         # A stop written at once by the webhook or the unsubscribe page must not be
         # undone by a projection computed before the workflow heard of it; going back
-        # to subscribed is written by the resubscribe path itself.
-        fields["status"] = case((and_(lead.c.status != "subscribed", literal(status) == "subscribed"), lead.c.status),
+        # to subscribed is written by the resubscribe page itself, or by the projection
+        # of a SendGrid group resubscribe (an unsubscribe only, never a bounce or complaint).
+        undoable = ("subscribed", "unsubscribed") if opted_in else ("subscribed",)
+        fields["status"] = case((and_(lead.c.status.not_in(undoable), literal(status) == "subscribed"), lead.c.status),
                                 else_=literal(status))
     session.connection().execute(
         update(lead)
@@ -180,17 +183,21 @@ def suppress(*, session: Session, email_hash: str, reason: str) -> None:
         session.flush()
 
 
-def suppress_now(*, session: Session, lead: Any, address: str | None, type_: str) -> None:
-    """An unsubscribe, bounce, drop or spam report ends marketing email now, not when
-    the workflow hears of it: the send activity re-checks this row before every send.
+def suppress_now(*, session: Session, lead: Any, address: str | None, type_: str,
+                 reason: str | None = None) -> None:
+    """An unsubscribe, bounce, spam report or a drop for a reason about the address
+    (`reason`: SendGrid's) ends marketing email now, not when the workflow hears of it:
+    the send activity re-checks this row before every send. Other drops change nothing.
 
     `lead` is a Lead or any object with its `key`, `email` and `status` (the webhook
     reads only those columns); the row is changed by one UPDATE either way."""
+    status = suppressing_status(type_, reason)
+    if status is None:
+        return
     target = address or (lead.email if lead is not None else None)
-    if type_ == "email_spamreport" and target:
+    if status == "complained" and target:
         suppress(session=session, email_hash=security.email_hash(target), reason="complained")
     if lead is not None and lead.email is not None and lead.status == "subscribed":
-        status = SUPPRESSING_EVENTS[type_]
         session.execute(update(Lead).where(col(Lead.key) == lead.key, col(Lead.status) == "subscribed")
                         .values(status=status, updated_at=utcnow()))
         lead.status = status  # later events of the same batch see it

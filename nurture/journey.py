@@ -29,6 +29,16 @@ SUPPRESSING_EVENTS = {
     "email_dropped": "bounced",
     "email_spamreport": "complained",
 }
+RESUBSCRIBE_EVENT = "email_group_resubscribe"
+# SendGrid's documented drop reasons that are about the address, and the status each gives.
+# The others are about the message or the account ("Invalid SMTPAPI header", "Spam
+# Content", "Recipient List over Package Quota", ...): the address is not at fault.
+ADDRESS_DROP_REASONS = {
+    "bounced address": "bounced",
+    "invalid": "bounced",
+    "unsubscribed address": "unsubscribed",
+    "spam reporting address": "complained",
+}
 # Stages at which marketing email stops: sales owns the lead, or it is not our target.
 NO_MARKETING_STAGES = ("sql", "opportunity", "customer", "disqualified")
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # contract: lower-case; others are custom events
@@ -70,6 +80,7 @@ class LeadEvent:
     step: str | None = None
     send_id: str | None = None
     machine_open: bool = False  # privacy proxies open every email: stored, never scored
+    reason: str | None = None  # why SendGrid dropped the email (email_dropped only)
     bant: dict[str, bool | None] | None = None  # a form may carry qualification facts
 
     def record(self) -> dict[str, Any]:
@@ -142,6 +153,9 @@ class LeadState:
     version: int = 0
     history: list[HistoryEntry] = field(default_factory=list)
     unsynced: list[HistoryEntry] = field(default_factory=list)
+    # An opt-in the store has not shown yet: only such a write may turn a stopped lead
+    # row back to subscribed (see crud.apply_projection).
+    opted_in: bool = False
 
 
 def iso(value: datetime | None) -> str | None:
@@ -221,8 +235,23 @@ def recompute_fit(state: LeadState, funnel: Funnel, now: datetime) -> None:
 # ---------------------------------------------------------------- events
 
 
-def apply_event(state: LeadState, funnel: Funnel, event: LeadEvent, now: datetime) -> bool:
-    """Record and score one event; False if it was already applied (duplicates count once)."""
+def suppressing_status(event_type: str, reason: str | None) -> str | None:
+    """The status an event gives a subscribed lead, None if it leaves it subscribed.
+
+    A drop suppresses only for a reason about the address; a drop that gives no reason
+    (recorded by hand through the CLI or the API) counts as one, as it always has."""
+    if event_type == "email_dropped" and reason is not None:
+        return ADDRESS_DROP_REASONS.get(reason.strip().lower())
+    return SUPPRESSING_EVENTS.get(event_type)
+
+
+def apply_event(state: LeadState, funnel: Funnel, event: LeadEvent, now: datetime, *,
+                status_rules: bool = False) -> bool:
+    """Record and score one event; False if it was already applied (duplicates count once).
+
+    `status_rules`: a drop suppresses only when its reason is about the address, and a
+    SendGrid group resubscribe undoes an unsubscribe (journeys whose history predates
+    these rules keep the old ones: every drop suppresses, a resubscribe is only noted)."""
     if event.id in state.seen_event_ids:
         return False
     state.seen_event_ids.append(event.id)
@@ -232,13 +261,30 @@ def apply_event(state: LeadState, funnel: Funnel, event: LeadEvent, now: datetim
         # even when a webhook reports the event late.
         state.enrollment.events.append((event.type, event.step, now))
     _score_event(state, funnel, event, now)
-    if event.type in SUPPRESSING_EVENTS and state.status == "subscribed":
-        state.status = SUPPRESSING_EVENTS[event.type]
+    if status_rules and event.type == RESUBSCRIBE_EVENT:
+        _resubscribe(state, now, event)
+    status = suppressing_status(event.type, event.reason if status_rules else None)
+    if status is not None and state.status == "subscribed":
+        state.status = status
         note(state, now, "note", f"{event.type}: status {state.status}, no more marketing email",
              detail={"event_id": event.id})
+    elif status is None and event.type == "email_dropped":
+        note(state, now, "note", f"email_dropped ({event.reason}): not about the address, status stays "
+             f"{state.status}", detail={"event_id": event.id, "reason": event.reason})
     if event.bant:
         apply_bant(state, event.bant, now, reason=f"{event.type} {event.form or ''}".strip())
     return True
+
+
+def _resubscribe(state: LeadState, now: datetime, event: LeadEvent) -> None:
+    """The lead opted in again at SendGrid: an unsubscribe is undone, a bounce or a
+    complaint never is (the address itself failed, or its owner called us spam)."""
+    if state.status == "unsubscribed":
+        state.status, state.opted_in = "subscribed", True
+        note(state, now, "note", f"{event.type}: opted in again, status subscribed", detail={"event_id": event.id})
+    elif state.status != "subscribed":
+        note(state, now, "note", f"{event.type}: status stays {state.status}, a bounce or complaint is never undone",
+             detail={"event_id": event.id})
 
 
 def _score_event(state: LeadState, funnel: Funnel, event: LeadEvent, now: datetime) -> None:
@@ -533,6 +579,7 @@ class Projection:
     step: str | None
     waiting_for: str | None
     next_action_at: datetime | None
+    opted_in: bool = False  # status subscribed comes from an opt-in: it may replace `unsubscribed`
 
 
 def projection(state: LeadState, funnel: Funnel) -> Projection:
@@ -543,5 +590,5 @@ def projection(state: LeadState, funnel: Funnel) -> Projection:
         campaign=enrollment.campaign.name if enrollment else None,
         step=enrollment.step_id if enrollment else None,
         waiting_for=enrollment.waiting_for if enrollment else None,
-        next_action_at=enrollment.deadline if enrollment else None,
+        next_action_at=enrollment.deadline if enrollment else None, opted_in=state.opted_in,
     )

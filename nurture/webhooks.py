@@ -63,8 +63,9 @@ APPLIED = {
     "spamreport": "email_spamreport",
     "unsubscribe": "email_unsubscribe",
     "group_unsubscribe": "email_unsubscribe",
+    "group_resubscribe": journey.RESUBSCRIBE_EVENT,  # undoes an unsubscribe in the lead's workflow
 }
-STORED_ONLY = {"processed": "email_processed", "group_resubscribe": "email_group_resubscribe"}
+STORED_ONLY = {"processed": "email_processed"}
 # Email row status from an event, most informative last: only ever raised.
 EMAIL_RANK = {"claimed": 0, "sending": 0, "unknown": 0, "failed": 0, "sent": 1, "delivered": 2,
               "opened": 3, "clicked": 4, "bounced": 5, "dropped": 5, "spamreport": 6}
@@ -184,6 +185,7 @@ class _Batch:
     by_email: dict[str, _LeadRef] = field(default_factory=dict)
     email_status: dict[str, str] = field(default_factory=dict)  # send_id -> status
     changed_emails: set[str] = field(default_factory=set)
+    drop_reasons: dict[str, str] = field(default_factory=dict)  # send_id -> why SendGrid dropped it
     rows: list[dict[str, Any]] = field(default_factory=list)  # new event rows
     soft: dict[str, list[_Soft]] = field(default_factory=dict)  # address -> its soft steps
     stored: int = 0
@@ -237,6 +239,7 @@ def _store(session: Session, events: list[dict[str, Any]]) -> dict[str, int]:
         table = Email.__table__  # type: ignore[attr-defined]
         session.execute(table.update().where(table.c.send_id == bindparam("b_send_id"))
                         .values(status=bindparam("b_status"), updated_at=bindparam("b_at")), changed)
+    _record_drop_reasons(session, batch.drop_reasons)
     return {"stored": batch.stored, "duplicates": batch.duplicates, "unmatched": batch.unmatched}
 
 
@@ -308,7 +311,9 @@ def _store_one(session: Session, batch: _Batch, raw: dict[str, Any], event_id: s
     batch.rows.append(_row(event_id, type_, lead, address, at, data, applied=applied))
 
     if type_ in journey.SUPPRESSING_EVENTS:
-        crud.suppress_now(session=session, lead=lead, address=address, type_=type_)
+        crud.suppress_now(session=session, lead=lead, address=address, type_=type_, reason=data.get("reason"))
+    if kind == "dropped" and send_id and send_id in batch.email_status:
+        batch.drop_reasons[send_id] = data["reason"] or "no reason given"
     if kind == "delivered" and address:
         batch.soft.setdefault(address, []).append(_Soft(None))  # resets the address's soft count
     status = {"delivered": "delivered", "open": "delivered" if machine else "opened", "click": "clicked",
@@ -327,6 +332,16 @@ def _row(event_id: str, type_: str, lead: _LeadRef | None, address: str | None, 
     return {"id": event_id, "lead_key": lead.key if lead else None, "email": None if forgotten else address,
             "anonymous_id": None, "type": type_, "at": at, "data": {} if forgotten else data,
             "received_at": now, "dispatched_at": now if done else None}
+
+
+def _record_drop_reasons(session: Session, reasons: dict[str, str]) -> None:
+    """The email row says why it was dropped (`lead show`, `outbox`): a quota or content
+    drop is the operator's to fix, and the lead stays subscribed."""
+    if reasons:
+        table = Email.__table__  # type: ignore[attr-defined]
+        session.execute(table.update().where(table.c.send_id == bindparam("b_send_id"))
+                        .values(error=bindparam("b_error")),
+                        [{"b_send_id": s, "b_error": f"dropped: {r}"[:1000]} for s, r in reasons.items()])
 
 
 def _raise_email_status(batch: _Batch, send_id: str, status: str) -> None:

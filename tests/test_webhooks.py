@@ -268,6 +268,9 @@ async def test_a_batch_accepted_while_the_worker_is_down_is_applied_later(hook, 
 @pytest.mark.parametrize("kind, extra, status, email_row", [
     ("bounce", {"type": "bounce", "reason": "550 5.1.1 user unknown", "status": "5.1.1"}, "bounced", "bounced"),
     ("dropped", {"reason": "Bounced Address"}, "bounced", "dropped"),
+    ("dropped", {"reason": "Invalid"}, "bounced", "dropped"),
+    ("dropped", {"reason": "Unsubscribed Address"}, "unsubscribed", "dropped"),
+    ("dropped", {"reason": "Spam Reporting Address"}, "complained", "dropped"),
     ("spamreport", {}, "complained", "spamreport"),
     ("unsubscribe", {}, "unsubscribed", "clicked"),
 ])
@@ -285,7 +288,7 @@ async def test_bounce_drop_spamreport_unsubscribe_end_the_journey(hook, kind, ex
     assert email_status(stack, welcome.send_id) == email_row
     with stack.session() as session:
         suppressed = crud.is_suppressed(session=session, email_hash=security.email_hash(email))
-    assert suppressed == ("complained" if kind == "spamreport" else None)
+    assert suppressed == ("complained" if status == "complained" else None)
 
     await dispatch_once(stack.settings, stack.client)
     await until(lambda: stack.show(email)["campaign"] is None)
@@ -296,6 +299,46 @@ async def test_bounce_drop_spamreport_unsubscribe_end_the_journey(hook, kind, ex
     assert any(f"status {status}, no more marketing email" in h["reason"] for h in lead["history"])
     with stack.session() as session:
         assert len(crud.emails_of(session=session, key=journey.lead_key(email))) == 1
+
+
+@pytest.mark.parametrize("reason", ["Recipient List over Package Quota", "Spam Content", "Invalid SMTPAPI header"])
+async def test_a_drop_that_is_not_the_address_fault_is_recorded_and_does_not_suppress(hook, reason):
+    stack, http = hook
+    email = "quota@initech.example"
+    welcome = await lead_with_welcome(stack, email)
+    await post(http, [sg("dropped", email, welcome, reason=reason)])
+
+    assert stack.show(email)["status"] == "subscribed"
+    with stack.session() as session:
+        row = session.get(Email, welcome.send_id)
+        assert (row.status, row.error) == ("dropped", f"dropped: {reason}")
+        assert crud.is_suppressed(session=session, email_hash=security.email_hash(email)) is None
+    await dispatch_once(stack.settings, stack.client)
+    await until(lambda: any("not about the address" in h["reason"] for h in stack.show(email)["history"]))
+    lead = stack.show(email)
+    assert lead["status"] == "subscribed" and lead["campaign"] == "b2b-trial"
+    assert any(h["reason"] == f"email_dropped ({reason}): not about the address, status stays subscribed"
+               for h in lead["history"])
+    lead = await stack.until(email, lambda lead: "case-study" in sent_steps(lead))  # the journey goes on
+    assert lead["status"] == "subscribed"
+
+
+@pytest.mark.parametrize("first, status", [("group_unsubscribe", "subscribed"), ("spamreport", "complained"),
+                                           ("bounce", "bounced")])
+async def test_a_group_resubscribe_undoes_an_unsubscribe_never_a_bounce_or_complaint(hook, first, status):
+    stack, http = hook
+    email = f"back-{first}@initech.example"
+    welcome = await lead_with_welcome(stack, email)
+    extra = {"type": "bounce", "reason": "550 5.1.1 user unknown", "status": "5.1.1"} if first == "bounce" else {}
+    await post(http, [sg(first, email, welcome, **extra)])
+    await dispatch_once(stack.settings, stack.client)
+    await until(lambda: stack.show(email)["status"] != "subscribed")
+    await post(http, [sg("group_resubscribe", email, welcome, asm_group_id=1)])
+    await dispatch_once(stack.settings, stack.client)
+    await until(lambda: any("email_group_resubscribe" in h["reason"] and h["kind"] == "note"
+                            for h in stack.show(email)["history"]))
+    assert stack.show(email)["status"] == status
+    assert (await stack.query(email))["status"] == status
 
 
 async def test_soft_bounces_count_once_per_send_and_bounce_on_the_third(hook):

@@ -139,7 +139,7 @@ class LeadWorkflow:
                 funnel = await self._load_funnel()
             journey.recompute_fit(self.s, funnel, workflow.now())
             for event in events:
-                journey.apply_event(self.s, funnel, event, workflow.now())
+                journey.apply_event(self.s, funnel, event, workflow.now(), status_rules=_status_rules(event))
             await self._settle(funnel)
             self.ready = True
 
@@ -392,7 +392,7 @@ class LeadWorkflow:
         async with self.lock:
             funnel = await self._load_funnel()
             for event in inp.events:
-                journey.apply_event(self.s, funnel, event, workflow.now())
+                journey.apply_event(self.s, funnel, event, workflow.now(), status_rules=_status_rules(event))
             await self._settle(funnel)
 
     @workflow.update
@@ -740,9 +740,19 @@ class LeadWorkflow:
             last = batch[-1].seq if batch else 0
             self.s.unsynced = [entry for entry in self.s.unsynced if entry.seq > last]
             self.synced_version = max(self.synced_version, version)
+            self.s.opted_in = self.s.opted_in and self.s.version != version  # shown: no longer pending
 
 
 def _cause(error: BaseException) -> str:
     """The activity's own failure message (not its Python cause chain), for history."""
     cause = error.__cause__ or error
     return getattr(cause, "message", None) or str(cause)
+
+
+def _status_rules(event: journey.LeadEvent) -> bool:
+    """Whether a drop's reason decides if it suppresses and a group resubscribe opts the
+    lead in again (patched: journeys recorded before suppressed on every drop and only
+    noted a resubscribe, and must replay so). Asked only of the events concerned, so no
+    other journey gets the marker."""
+    concerned = (event.type == "email_dropped" and event.reason is not None) or event.type == journey.RESUBSCRIBE_EVENT
+    return concerned and workflow.patched("status-from-drop-reason-and-resubscribe")
