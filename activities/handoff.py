@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +54,14 @@ class WebhookInput:
     payload: dict[str, Any]
 
 
-def choose_owner(rules: HandoffRules, profile: dict[str, Any], turn: int, exclude: str | None) -> str | None:
-    """Owner by field map (with `*` fallback) or round robin on a shared counter turn."""
-    owners = [owner for owner in rules.owners if owner != exclude] or list(rules.owners)
+def choose_owner(rules: HandoffRules, profile: dict[str, Any], take_turn: Callable[[], int],
+                 exclude: str | None) -> str | None:
+    """Owner by field map (with `*` fallback), else round robin on a shared counter.
+
+    The round robin always cycles over the whole list, so each turn number names the
+    same owner whatever happened before: a reassignment takes the next turn, and when
+    that turn is the owner it leaves, the one after. (Cycling over the list minus that
+    owner changed the modulus and gave some owners two turns in a row and others none.)"""
     if isinstance(rules.assign, AssignBy):
         value = profile.get(rules.assign.by) or (profile.get("attributes") or {}).get(rules.assign.by)
         # Field values come from forms and CSVs: "fr", "FR" and " Fr " are one country.
@@ -64,7 +70,14 @@ def choose_owner(rules: HandoffRules, profile: dict[str, Any], turn: int, exclud
         mapped = mapped or rules.assign.map.get("*")
         if mapped and mapped != exclude:
             return mapped
-    return owners[turn % len(owners)] if owners else None
+    owners = list(rules.owners)
+    if not owners:
+        return None
+    owner = owners[take_turn() % len(owners)]
+    if owner == exclude and any(other != exclude for other in owners):
+        while owner == exclude:
+            owner = owners[take_turn() % len(owners)]
+    return owner
 
 
 class HandoffActivities:
@@ -82,8 +95,9 @@ class HandoffActivities:
                 return OpenHandoffResult(existing.id, existing.owner)
             # The counter lives in the database so assignment stays fair across workers
             # and restarts; a retried activity reuses the handoff it already made above.
-            turn = crud.next_counter(session=session, name="handoff_round_robin")
-            owner = choose_owner(inp.rules, inp.profile, turn, inp.exclude_owner)
+            owner = choose_owner(inp.rules, inp.profile,
+                                 lambda: crud.next_counter(session=session, name="handoff_round_robin"),
+                                 inp.exclude_owner)
             if existing is not None and existing.id is not None:
                 crud.update_handoff(session=session, handoff_id=existing.id, owner=owner)
                 return OpenHandoffResult(existing.id, owner)

@@ -110,6 +110,43 @@ async def test_an_unanswered_handoff_reminds_once_then_goes_to_the_next_owner(st
 # ---------------------------------------------------------------- assignment
 
 
+async def test_round_robin_stays_fair_after_a_reassignment(stack):
+    # alice gets the first lead and misses the SLA twice: it goes to bob, the next in
+    # line; the next leads go on round the whole list (chloe, then alice), one each.
+    first = "first@globex.example"
+    assert (await to_sql(stack, first))["owner"] == OWNERS[0]
+    await stack.forward(first, 4 * DAY + HOUR)
+    assert handoff_of(stack, first).owner == OWNERS[1]
+    later = ["second@initech.example", "third@hooli.example"]
+    for email in later:
+        await to_sql(stack, email)
+    assert [handoff_of(stack, email).owner for email in [first, *later]] == [OWNERS[1], OWNERS[2], OWNERS[0]]
+    turns = Counter(to for email in [first, *later] for to, kind in owner_mail(stack, email)
+                    if kind in ("new", "reassigned"))
+    assert turns == {OWNERS[0]: 2, OWNERS[1]: 1, OWNERS[2]: 1}  # the cycle went on: alice's turn came back
+
+
+@pytest.mark.parametrize("exclude, turns_taken, owner", [
+    (None, 1, "alice@acme.example"),  # turn 3 of 3 owners: the first again
+    ("bob@acme.example", 1, "alice@acme.example"),
+    ("alice@acme.example", 2, "bob@acme.example"),  # the turn is the owner left: the next turn
+])
+def test_a_reassignment_keeps_the_cycle_of_the_whole_list(exclude, turns_taken, owner):
+    from activities.handoff import choose_owner
+    from nurture.campaign import load_funnel
+
+    rules = load_funnel(ROOT / "campaigns" / "funnel.yaml").handoff
+    turns = iter(range(3, 10))
+    taken: list[int] = []
+
+    def take_turn() -> int:
+        taken.append(next(turns))
+        return taken[-1]
+
+    assert choose_owner(rules, {}, take_turn, exclude) == owner
+    assert len(taken) == turns_taken
+
+
 async def test_round_robin_gives_each_owner_ten_of_thirty_across_a_worker_restart(temporal_env, tmp_path):
     # A generous update timeout: updates in flight while the worker restarts wait for the new one.
     settings = make_settings(tmp_path, update_timeout=120)
