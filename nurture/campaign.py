@@ -159,10 +159,11 @@ def _iso_duration(text: Any, compact: str) -> timedelta:
 
 
 def format_duration(value: timedelta) -> str:
-    """Inverse of parse_duration, for messages and timelines: `1d12h`."""
+    """For messages and timelines: `1d12h`, `7d` (days at most: a week is not written
+    back as `1w`, so `7d` in a campaign reads `7d` wherever it is shown)."""
     seconds = int(value.total_seconds())
     parts = []
-    for unit in "wdhms":
+    for unit in "dhms":
         size = _UNIT_SECONDS[unit]
         if seconds >= size:
             parts.append(f"{seconds // size}{unit}")

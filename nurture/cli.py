@@ -21,15 +21,20 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from nurture import when
+from nurture.wording import plural
 from nurture.config import Settings, settings as load_settings
 
+# Plain help (rich_markup_mode=None): Typer's rich panels print `<bool>` beside every flag.
 app = typer.Typer(help="nurture: lead nurturing journeys on Temporal.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
-campaign_app = typer.Typer(help="Validate and inspect campaigns.", no_args_is_help=True)
-funnel_app = typer.Typer(help="The funnel model (scoring, qualification, handoff).", no_args_is_help=True)
-lead_app = typer.Typer(help="Add, show and forget leads.", no_args_is_help=True)
-handoff_app = typer.Typer(help="Sales handoffs: list, accept, reject, won, lost.", no_args_is_help=True)
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+                  pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
+campaign_app = typer.Typer(help="Validate and inspect campaigns.", no_args_is_help=True, rich_markup_mode=None)
+funnel_app = typer.Typer(help="The funnel model (scoring, qualification, handoff).", no_args_is_help=True,
+                         rich_markup_mode=None)
+lead_app = typer.Typer(help="Add, show and forget leads.", no_args_is_help=True, rich_markup_mode=None)
+handoff_app = typer.Typer(help="Sales handoffs: list, accept, reject, won, lost.", no_args_is_help=True,
+                          rich_markup_mode=None)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(funnel_app, name="funnel")
 app.add_typer(lead_app, name="lead")
@@ -39,6 +44,8 @@ app.add_typer(db_app, name="db")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
+EmailArg = typer.Argument(..., metavar="EMAIL", help="The lead's email address.")
+HandoffArg = typer.Argument(..., metavar="ID", help="The handoff's id (see `nurture handoff list`).")
 YES_NO = {"yes": True, "y": True, "true": True, "no": False, "n": False, "false": False,
           "unknown": None, "null": None}
 
@@ -202,7 +209,7 @@ def campaign_validate(paths: list[Path] = typer.Argument(..., help="Campaign fil
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise typer.Exit(1)
-    out.print(f"ok: {', '.join(str(p) for p in paths)}" + (f" ({len(problems)} warning(s))" if problems else ""))
+    out.print(f"ok: {', '.join(str(p) for p in paths)}" + (f" ({plural(len(problems), 'warning')})" if problems else ""))
 
 
 @campaign_app.command("list")
@@ -220,7 +227,7 @@ def campaign_list(as_json: bool = JsonOpt) -> None:
     if as_json:
         print_json(rows)
         return
-    table = Table("name", "steps", "auto_on", "version", "file", "description")
+    table = table_of("name", "steps", "auto_on", "version", "file", "description", numeric=("steps",))
     for row in rows:
         table.add_row(row["name"], str(row["steps"]), ", ".join(row["auto_on"]) or "-", row["version"],
                       row["file"], row["description"])
@@ -317,15 +324,15 @@ def _attrs(values: list[str]) -> dict[str, str]:
 @lead_app.command("add")
 def lead_add(
     email: str = typer.Option(..., "--email", help="The lead's address."),
-    first_name: Optional[str] = typer.Option(None, "--first-name"),
-    last_name: Optional[str] = typer.Option(None, "--last-name"),
-    company: Optional[str] = typer.Option(None, "--company"),
-    job_title: Optional[str] = typer.Option(None, "--job-title"),
-    company_size: Optional[int] = typer.Option(None, "--company-size", min=0),
+    first_name: Optional[str] = typer.Option(None, "--first-name", help="First name (templates: lead.first_name)."),
+    last_name: Optional[str] = typer.Option(None, "--last-name", help="Last name."),
+    company: Optional[str] = typer.Option(None, "--company", help="Company name."),
+    job_title: Optional[str] = typer.Option(None, "--job-title", help="Job title (fit rules may score it)."),
+    company_size: Optional[int] = typer.Option(None, "--company-size", min=0, help="Number of employees."),
     country: Optional[str] = typer.Option(None, "--country", help="ISO 3166 two-letter code."),
     timezone: Optional[str] = typer.Option(None, "--timezone", help="IANA name, e.g. Europe/Paris."),
     locale: Optional[str] = typer.Option(None, "--locale", help="e.g. fr-FR."),
-    source: Optional[str] = typer.Option(None, "--source"),
+    source: Optional[str] = typer.Option(None, "--source", help="Where the lead came from, e.g. web_form."),
     attr: list[str] = typer.Option([], "--attr", help="KEY=VALUE, repeatable."),
     campaign: Optional[str] = typer.Option(None, "--campaign", help="Enroll in this campaign."),
     as_json: bool = JsonOpt,
@@ -352,7 +359,7 @@ def lead_add(
 
 
 @lead_app.command("show")
-def lead_show(email: str, as_json: bool = JsonOpt) -> None:
+def lead_show(email: str = EmailArg, as_json: bool = JsonOpt) -> None:
     """Stage, status, score, grade, temperature, owner, BANT, campaign, step and history."""
     from nurture.service import UserError
 
@@ -374,16 +381,27 @@ def render_lead(lead: dict[str, Any]) -> None:
     out.print(f"stage [bold]{lead['stage']}[/bold]  status {lead['status']}  score [bold]{lead['score']}[/bold]"
               f"  grade {lead['grade']}  {lead['temperature']}  owner {lead['owner'] or '-'}")
     out.print(f"BANT {bant}")
+    zone = lead.get("timezone")  # a lead's own times are shown in its zone (nurture.when)
     if lead["campaign"]:
-        waiting = f", waiting for {lead['waiting_for']} until {lead['next_action_at']}" if lead.get("waiting_for") else ""
+        until = f" until {when.labelled(lead['next_action_at'], zone)}" if lead.get("next_action_at") else ""
+        waiting = f", waiting for {lead['waiting_for']}{until}" if lead.get("waiting_for") else ""
         out.print(f"campaign {lead['campaign']}, step {lead['step']}{waiting}", markup=False)
-    table = Table("at", "kind", "delta", "score", "reason", title="history")
+    table = table_of(when.header("at", zone), "kind", "delta", "score", "reason", numeric=("delta", "score"),
+                     title="history")
     for entry in lead["history"]:
         delta = "" if entry["delta"] is None else f"{entry['delta']:+d}"
         # Text, not markup: rule texts hold brackets ([gmail.com, ...]) that are data.
-        table.add_row(entry["at"][:19].replace("T", " "), entry["kind"], delta,
+        table.add_row(when.clock(entry["at"], zone), entry["kind"], delta,
                       "" if entry["score"] is None else str(entry["score"]), Text(history_reason(entry)))
     out.print(table)
+
+
+def table_of(*columns: str, numeric: tuple[str, ...] = (), title: str | None = None) -> Table:
+    """A Rich table whose number columns are right-aligned, their headers with them."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right" if column in numeric else "left")
+    return table
 
 
 def history_reason(entry: dict[str, Any]) -> str:
@@ -397,7 +415,7 @@ def history_reason(entry: dict[str, Any]) -> str:
 
 
 @lead_app.command("forget")
-def lead_forget(email: str) -> None:
+def lead_forget(email: str = EmailArg) -> None:
     """Erase personal data, stop journeys, keep a suppression hash."""
     nurture = service()
     run(lambda: nurture.forget(email))
@@ -406,7 +424,8 @@ def lead_forget(email: str) -> None:
 
 
 @app.command()
-def enroll(email: str, campaign: str,
+def enroll(email: str = EmailArg,
+           campaign: str = typer.Argument(..., metavar="CAMPAIGN", help="The campaign's name."),
            switch: bool = typer.Option(False, "--switch", help="Leave the current campaign first.")) -> None:
     """Enroll a lead in a campaign."""
     nurture = service()
@@ -417,14 +436,14 @@ def enroll(email: str, campaign: str,
 
 @app.command()
 def event(
-    email: str,
+    email: str = EmailArg,
     type_: str = typer.Argument(..., metavar="TYPE", help="e.g. email_click, page_view, quote_request."),
-    url: Optional[str] = typer.Option(None, "--url"),
-    asset: Optional[str] = typer.Option(None, "--asset"),
-    form: Optional[str] = typer.Option(None, "--form"),
-    event_name: Optional[str] = typer.Option(None, "--event"),
-    campaign: Optional[str] = typer.Option(None, "--campaign"),
-    step: Optional[str] = typer.Option(None, "--step"),
+    url: Optional[str] = typer.Option(None, "--url", help="The page (page_view, email_click)."),
+    asset: Optional[str] = typer.Option(None, "--asset", help="What was downloaded (content_download)."),
+    form: Optional[str] = typer.Option(None, "--form", help="Which form (form_submit)."),
+    event_name: Optional[str] = typer.Option(None, "--event", help="Which event (event_attended, webinars)."),
+    campaign: Optional[str] = typer.Option(None, "--campaign", help="The campaign of the email it is about."),
+    step: Optional[str] = typer.Option(None, "--step", help="The step of the email it is about."),
     at: Optional[str] = typer.Option(None, "--at", help="ISO 8601; defaults to now."),
 ) -> None:
     """Record an engagement event for a lead."""
@@ -443,7 +462,7 @@ def event(
 
 @app.command()
 def bant(
-    email: str,
+    email: str = EmailArg,
     budget: Optional[str] = typer.Option(None, "--budget", help="yes|no"),
     authority: Optional[str] = typer.Option(None, "--authority", help="yes|no"),
     need: Optional[str] = typer.Option(None, "--need", help="yes|no"),
@@ -483,7 +502,7 @@ def rescore(
         out.print(f"{address}: {message}", markup=False)
     for address, why in report.failed:
         err.print(f"error: {address}: {why}", markup=False, soft_wrap=True)
-    out.print(f"{report.leads} lead(s) rescored: {len(report.changed)} changed, {report.unchanged} unchanged"
+    out.print(f"{plural(report.leads, 'lead')} rescored: {len(report.changed)} changed, {report.unchanged} unchanged"
               + (f", {len(report.failed)} failed" if report.failed else ""), markup=False)
     finish(1 if report.failed else 0)
 
@@ -530,10 +549,12 @@ def handoff_list(as_json: bool = JsonOpt) -> None:
     if as_json:
         print_json(rows)
         return
-    table = Table("id", "email", "owner", "status", "created", "score", "grade", "reason", "webhook")
+    created = when.header("created")
+    table = table_of("id", "email", "owner", "status", created, "score", "grade", "reason", "webhook",
+                     numeric=("id", "score"))
     for row in rows:
         table.add_row(str(row["id"]), row["email"] or "(forgotten)", row["owner"] or "-", row["status"],
-                      (row["created_at"] or "")[:16], str(row["score"]), row["grade"], Text(row["reason"] or ""),
+                      when.clock(row["created_at"]), str(row["score"]), row["grade"], Text(row["reason"] or ""),
                       Text(row["webhook"] or "-"))  # Text: a reason typed by sales is data, not markup
     out.print(table)
 
@@ -548,26 +569,26 @@ def _handoff(handoff_id: int, outcome: str, reason: str | None) -> None:
 
 
 @handoff_app.command("accept")
-def handoff_accept(handoff_id: int = typer.Argument(..., metavar="ID")) -> None:
+def handoff_accept(handoff_id: int = HandoffArg) -> None:
     """Sales accepts: the lead becomes an opportunity."""
     _handoff(handoff_id, "accept", None)
 
 
 @handoff_app.command("reject")
-def handoff_reject(handoff_id: int = typer.Argument(..., metavar="ID"),
+def handoff_reject(handoff_id: int = HandoffArg,
                    reason: str = typer.Option(..., "--reason", help="Why (kept in history).")) -> None:
     """Sales rejects: the lead is recycled into nurture, score reset."""
     _handoff(handoff_id, "reject", reason)
 
 
 @handoff_app.command("won")
-def handoff_won(handoff_id: int = typer.Argument(..., metavar="ID")) -> None:
+def handoff_won(handoff_id: int = HandoffArg) -> None:
     """The deal is won: the lead becomes a customer."""
     _handoff(handoff_id, "won", None)
 
 
 @handoff_app.command("lost")
-def handoff_lost(handoff_id: int = typer.Argument(..., metavar="ID"),
+def handoff_lost(handoff_id: int = HandoffArg,
                  reason: str = typer.Option(..., "--reason", help="Why (kept in history).")) -> None:
     """The deal is lost: the lead is recycled into nurture."""
     _handoff(handoff_id, "lost", reason)
@@ -590,9 +611,9 @@ def outbox(as_json: bool = JsonOpt) -> None:
     if as_json:
         print_json(rows)
         return
-    table = Table("sent", "to", "subject", "campaign", "step", "status")
+    table = table_of(when.header("sent"), "to", "subject", "campaign", "step", "status")
     for row in rows:
-        table.add_row((row["sent_at"] or "")[:16].replace("T", " "), row["to"] or "(forgotten)", Text(row["subject"] or ""),
+        table.add_row(when.clock(row["sent_at"]), row["to"] or "(forgotten)", Text(row["subject"] or ""),
                       row["campaign"] or "-", row["step"] or "-", row["status"])
     out.print(table)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, insert, literal, or_, update
+from sqlalchemy import and_, case, func, insert, literal, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -143,6 +143,9 @@ def forget_lead(*, session: Session, lead: Lead, email_hash: str) -> list[str]:
     a sales rep's reject reason) keeps its words with the address and names blanked."""
     suppress(session=session, email_hash=email_hash, reason="forgotten")
     blank = _personal_text(lead)
+    if lead.anonymous_id:  # what it did as a visitor is its too (and it must not count as one again)
+        session.execute(update(Event).where(col(Event.anonymous_id) == lead.anonymous_id, col(Event.lead_key).is_(None))
+                        .values(anonymous_id=None, data={}))
     for name in PROFILE_COLUMNS:
         setattr(lead, name, None)
     lead.email = None
@@ -238,6 +241,15 @@ def undispatched_events(*, session: Session, limit: int) -> Sequence[Event]:
         select(Event).where(col(Event.dispatched_at).is_(None), col(Event.lead_key).is_not(None))
         .order_by(col(Event.received_at)).limit(limit)
     ).all()
+
+
+def count_visitors(*, session: Session) -> int:
+    """Visitors (stage `visitor`): distinct anonymous ids with events that no lead has claimed yet."""
+    linked = select(Lead.anonymous_id).where(col(Lead.anonymous_id).is_not(None))
+    return session.exec(
+        select(func.count(func.distinct(Event.anonymous_id))).where(
+            col(Event.anonymous_id).is_not(None), col(Event.lead_key).is_(None), col(Event.anonymous_id).not_in(linked))
+    ).one()
 
 
 def anonymous_events(*, session: Session, anonymous_id: str, since: datetime) -> Sequence[Event]:

@@ -33,13 +33,14 @@ from jinja2 import DictLoader, Environment, select_autoescape
 from sqlalchemy import func, update
 from sqlmodel import col, select
 
-from nurture import crud, journey, security
+from nurture import crud, security, when
 from nurture.campaign import find_campaign, load_campaigns
 from nurture.config import Settings
 from nurture.db import session_scope
 from nurture.journey import LeadEvent
 from nurture.models import Email, Event, Handoff, Lead, as_utc, utcnow
 from nurture.service import Nurture
+from nurture.wording import plural
 from workflows.lead import EventsInput, LeadWorkflow, ResubscribeInput
 
 log = logging.getLogger("nurture.pages")
@@ -63,7 +64,7 @@ _BASE = """<!doctype html>
  button{font:inherit;padding:.6rem 1.2rem;border:0;border-radius:6px;background:#1f2933;color:#fff;cursor:pointer}
  button.secondary{background:#e4e7eb;color:#1f2933}
  table{border-collapse:collapse;width:100%;font-size:.9rem} th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #e4e7eb}
- th{color:#52606d;font-weight:600} td.n{text-align:right;font-variant-numeric:tabular-nums}
+ th{color:#52606d;font-weight:600} td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
  a{color:#2f6fdf}
 </style></head>
 <body><main>{% block body %}{% endblock %}</main></body></html>
@@ -113,26 +114,27 @@ TEMPLATES = {
 {% endblock %}""",
     "dashboard.html": """{% extends "base.html" %}{% block width %}68rem{% endblock %}{% block body %}
 <h1>nurture</h1>
-<p class="muted">{{ leads }} lead(s). Generated {{ now }}. Read-only.</p>
+<p class="muted">{{ leads|plural("lead") }}, {{ visitors|plural("anonymous visitor") }}. Generated {{ now }}. Read-only.</p>
 <h2>Leads per stage</h2>
-<table><tr>{% for stage, n in stages %}<th>{{ stage }}</th>{% endfor %}</tr>
+<p class="muted">visitor: anonymous visitors (an anonymous_id with events, not yet a lead).</p>
+<table><tr>{% for stage, n in stages %}<th class="n">{{ stage }}</th>{% endfor %}</tr>
 <tr>{% for stage, n in stages %}<td class="n">{{ n }}</td>{% endfor %}</tr></table>
 <h2>Leads per subscription status</h2>
-<table><tr>{% for status, n in statuses %}<th>{{ status }}</th>{% endfor %}</tr>
+<table><tr>{% for status, n in statuses %}<th class="n">{{ status }}</th>{% endfor %}</tr>
 <tr>{% for status, n in statuses %}<td class="n">{{ n }}</td>{% endfor %}</tr></table>
 <h2>Open handoffs</h2>
-{% if handoffs %}<table><tr><th>id</th><th>lead</th><th>owner</th><th>score</th><th>grade</th><th>since</th></tr>
-{% for h in handoffs %}<tr><td>{{ h.id }}</td><td>{{ h.email or "(erased)" }}</td><td>{{ h.owner or "-" }}</td>
+{% if handoffs %}<table><tr><th class="n">id</th><th>lead</th><th>owner</th><th class="n">score</th><th>grade</th><th>since</th></tr>
+{% for h in handoffs %}<tr><td class="n">{{ h.id }}</td><td>{{ h.email or "(erased)" }}</td><td>{{ h.owner or "-" }}</td>
 <td class="n">{{ h.score }}</td><td>{{ h.grade }}</td><td>{{ h.since }}</td></tr>{% endfor %}</table>
 {% else %}<p class="muted">None.</p>{% endif %}
 <h2>Sends per campaign and step</h2>
-{% if steps %}<table><tr><th>campaign</th><th>step</th>{% for c in step_columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% if steps %}<table><tr><th>campaign</th><th>step</th>{% for c in step_columns %}<th class="n">{{ c }}</th>{% endfor %}</tr>
 {% for row in steps %}<tr><td>{{ row.campaign }}</td><td>{{ row.step }}</td>
 {% for c in step_columns %}<td class="n">{{ row[c] }}</td>{% endfor %}</tr>{% endfor %}</table>
 <p class="muted">Marketing email only. Each column counts the emails that got at least that far
 (a clicked email was also delivered and opened); machine opens (privacy proxies) do not count as opened.</p>
 {% else %}<p class="muted">No marketing email yet.</p>{% endif %}
-<h2>Last {{ emails|length }} emails</h2>
+<h2>Last {{ emails|length|plural("email") }}</h2>
 {% if emails %}<table><tr><th>at</th><th>to</th><th>campaign</th><th>step</th><th>subject</th><th>status</th></tr>
 {% for e in emails %}<tr><td>{{ e.at }}</td><td>{{ e.to or "(erased)" }}</td><td>{{ e.campaign or "-" }}</td>
 <td>{{ e.step or "-" }}</td><td>{{ e.subject }}</td><td>{{ e.status }}</td></tr>{% endfor %}</table>
@@ -141,6 +143,7 @@ TEMPLATES = {
 }
 
 _env = Environment(loader=DictLoader(TEMPLATES), autoescape=select_autoescape(default=True, default_for_string=True))
+_env.filters["plural"] = plural
 
 
 def _page(template: str, code: int = 200, **context: Any) -> HTMLResponse:
@@ -341,6 +344,7 @@ def dashboard(request: Request) -> HTMLResponse:
     settings: Settings = request.app.state.settings
     with session_scope(settings.db_url) as session:
         stages = dict(session.exec(select(Lead.stage, func.count()).group_by(Lead.stage)).all())
+        visitors = crud.count_visitors(session=session)
         statuses = dict(session.exec(select(Lead.status, func.count()).group_by(Lead.status)).all())
         handoffs = crud.list_handoffs(session=session, status="open")
         per_step = session.exec(
@@ -356,20 +360,21 @@ def dashboard(request: Request) -> HTMLResponse:
             row[column] += count
     order = ["visitor", "lead", "mql", "sql", "opportunity", "customer", "recycled", "disqualified"]
     return _page(
-        "dashboard.html", title="nurture dashboard", now=journey.iso(utcnow()),
-        leads=sum(stages.values()),
-        stages=[(s, stages.get(s, 0)) for s in order] + [(s, n) for s, n in stages.items() if s not in order],
+        "dashboard.html", title="nurture dashboard", now=when.labelled(utcnow()),
+        leads=sum(stages.values()), visitors=visitors,
+        stages=[(s, stages.get(s, 0) + (visitors if s == "visitor" else 0)) for s in order]
+        + [(s, n) for s, n in stages.items() if s not in order],
         statuses=[(s, statuses.get(s, 0)) for s in ("subscribed", "unsubscribed", "bounced", "complained")]
         + [(s, n) for s, n in statuses.items() if s not in ("subscribed", "unsubscribed", "bounced", "complained")],
         handoffs=[_handoff_row(h) for h in handoffs],
         step_columns=STEP_COLUMNS, steps=[steps[k] for k in sorted(steps)],
-        emails=[{"at": (journey.iso(as_utc(e.sent_at or e.claimed_at)) or "")[:19].replace("T", " "),
+        emails=[{"at": when.labelled(as_utc(e.sent_at or e.claimed_at)),
                  "to": e.to, "campaign": e.campaign, "step": e.step, "subject": e.subject, "status": e.status}
                 for e in last],
     )
 
 
 def _handoff_row(handoff: Handoff) -> dict[str, Any]:
-    since = (journey.iso(as_utc(handoff.created_at)) or "")[:16].replace("T", " ")
+    since = when.labelled(as_utc(handoff.created_at))
     return {"id": handoff.id, "email": handoff.email, "owner": handoff.owner, "score": handoff.score,
             "grade": handoff.grade, "since": since}

@@ -279,8 +279,10 @@ async def test_won_makes_a_customer_and_lost_recycles_into_nurture(stack):
     history = stack.show(won)["history"]
     assert any(h["kind"] == "handoff" and h["reason"].startswith(f"handoff {won_id} won by ") for h in history)
     assert [h["reason"] for h in history if h["kind"] == "stage"][-1] == "sql -> customer: handoff won"
-    with pytest.raises(UserError, match=f"handoff {won_id} is won; cannot lost it"):
+    with pytest.raises(UserError, match=f"handoff {won_id} is won; cannot mark it lost$"):
         await stack.nurture.handoff_action(won_id, "lost", "changed their mind")
+    with pytest.raises(UserError, match=f"handoff {won_id} is won; cannot mark it won$"):
+        await stack.nurture.handoff_action(won_id, "won")
 
     for outcome in ("lost", "reject"):
         with pytest.raises(UserError, match=f"{outcome} needs a reason"):

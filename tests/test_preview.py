@@ -142,7 +142,7 @@ async def test_a_click_before_its_email_went_out_is_ignored_and_the_timeline_say
 
 
 def _timeless(reason: str) -> str:
-    return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", "<time> UTC", reason)
+    return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d (UTC|[A-Za-z_]+/[A-Za-z_/]+)", "<time>", reason)
 
 
 def cli_env(home: Path, **extra: str) -> dict[str, str]:

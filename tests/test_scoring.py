@@ -350,11 +350,11 @@ async def test_rescore_after_a_funnel_change_one_lead_all_leads_and_the_cli(temp
         assert every.returncode == 0, every.stderr
         assert every.stdout.strip().splitlines() == [
             f"{ann}: rescore under funnel version {version}: 35 -> 38",
-            "3 lead(s) rescored: 1 changed, 2 unchanged",
+            "3 leads rescored: 1 changed, 2 unchanged",
         ]
         assert "Traceback" not in every.stderr
         again = await run_cli(env, "rescore", "--all")
-        assert again.stdout.strip() == "3 lead(s) rescored: 0 changed, 3 unchanged"
+        assert again.stdout.strip() == "3 leads rescored: 0 changed, 3 unchanged"
         assert [len(rescores(stack.show(e))) for e in (ann, bob, cy)] == [2, 1, 1]
 
         usage = await run_cli(env, "rescore")

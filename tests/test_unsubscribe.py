@@ -10,6 +10,7 @@ import asyncio
 import email as email_lib
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -201,6 +202,32 @@ async def test_an_unsubscribe_temporal_cannot_take_now_is_delivered_later(stack,
     assert sent_steps(stack.show(email)) == ["welcome"]
 
 
+def stage_counts(html: str) -> dict[str, int]:
+    """The dashboard's "Leads per stage" table as {stage: count}."""
+    table = html.split("Leads per stage", 1)[1].split("</table>", 1)[0]
+    heads = re.findall(r"<th[^>]*>([^<]+)</th>", table)
+    cells = re.findall(r"<td[^>]*>(\d+)</td>", table)
+    return dict(zip(heads, map(int, cells), strict=True))
+
+
+async def test_anonymous_visitors_count_at_stage_visitor_until_they_become_leads(stack):
+    await stack.nurture.ingest_events([
+        {"anonymous_id": "visitor-1", "type": "page_view", "url": "https://acme.example/pricing"},
+        {"anonymous_id": "visitor-1", "type": "page_view", "url": "https://acme.example/docs"},
+        {"anonymous_id": "visitor-2", "type": "content_download", "asset": "guide.pdf"},
+        {"anonymous_id": "visitor-3", "type": "page_view", "url": "https://acme.example/"},
+    ])
+    await stack.add("vic@wayne.example", anonymous_id="visitor-2", source="web_form")
+    async with serve(stack) as http:
+        html = (await http.get("/")).text
+    counts = stage_counts(html)
+    assert counts["visitor"] == 2 and counts["lead"] == 1  # visitor-2 is a lead now
+    assert "1 lead, 2 anonymous visitors" in html
+    await stack.nurture.forget("vic@wayne.example")  # its visitor past is erased with it
+    with stack.session() as session:
+        assert crud.count_visitors(session=session) == 2
+
+
 async def test_dashboard_shows_the_funnel_escaped(stack):
     email = "hal@wayne.example"
     await stack.add(email, first_name="<b>Hal</b>", source="web_form")
@@ -214,9 +241,17 @@ async def test_dashboard_shows_the_funnel_escaped(stack):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
     assert "<b>Hal</b>" not in html and "&lt;b&gt;Hal&lt;/b&gt;" in html
-    assert "Leads per stage" in html and "2 lead(s)" in html
-    assert "<th>subscribed</th>" in html and "Open handoffs" in html
+    assert "Leads per stage" in html and "2 leads, 0 anonymous visitors" in html
+    assert "<th class=\"n\">subscribed</th>" in html and "Open handoffs" in html
     assert "<td>b2b-trial</td><td>welcome</td>" in html
+    assert "Last 1 email</h2>" in html  # counted nouns agree
+    assert not re.search(r"\d{4}-\d\d-\d\dT|\d\d:\d\d:\d\d", html)  # no raw ISO times, no seconds
+    assert re.search(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d UTC\.", html)
+    for table in re.findall(r"<table>.*?</table>", html, re.S):  # numbers right-aligned under their headers
+        rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
+        heads = re.findall(r"<th( class=\"n\")?>", rows[0])
+        for row in rows[1:]:
+            assert re.findall(r"<td( class=\"n\")?>", row) == heads, table
     assert email in html  # an operator page (127.0.0.1 by default)
     with stack.session() as session:
         assert session.exec(select(Event)).all() == []  # read-only

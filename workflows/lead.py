@@ -35,7 +35,7 @@ with workflow.unsafe.imports_passed_through():
         StoreActivities,
         SyncLeadInput,
     )
-    from nurture import journey, rules
+    from nurture import journey, rules, when
     from nurture.campaign import Campaign, Funnel, format_duration
     from nurture.journey import Enrollment, LeadProfile, LeadState
     from nurture.messages import (
@@ -67,6 +67,8 @@ MAX_STEPS_WITHOUT_WAIT = 200
 FUNNEL_TTL = timedelta(minutes=1)  # validation forbids wait-less loops; this guards old versions
 
 
+# How an error names each outcome ("cannot mark it won", not "cannot won it").
+OUTCOME_VERBS = {"accept": "accept it", "reject": "reject it", "won": "mark it won", "lost": "mark it lost"}
 OUTCOMES = {
     # outcome: (allowed from handoff statuses, new handoff status, new stage)
     "accept": (("open",), "accepted", "opportunity"),
@@ -223,7 +225,7 @@ class LeadWorkflow:
                 async with self.lock:
                     enrollment.deadline, enrollment.waiting_for = release, why
                     detail = {"until": journey.iso(release), "step": enrollment.step_id}
-                    until = f"{release:%Y-%m-%d %H:%M} UTC"
+                    until = when.labelled(release, self.s.profile.timezone)  # the lead's zone, named
                     if why == "frequency cap" and campaign.frequency_cap:
                         cap = campaign.frequency_cap
                         reason = f"{enrollment.step_id}: held by the frequency cap ({cap.max} per {format_duration(cap.per)}) until {until}"
@@ -475,7 +477,7 @@ class LeadWorkflow:
             raise ValueError(f"handoff {inp.handoff_id} is not this lead's current handoff")
         allowed, _, _ = OUTCOMES[inp.outcome]
         if self.s.handoff_status not in allowed:
-            raise ValueError(f"handoff {inp.handoff_id} is {self.s.handoff_status}; cannot {inp.outcome} it")
+            raise ValueError(f"handoff {inp.handoff_id} is {self.s.handoff_status}; cannot {OUTCOME_VERBS[inp.outcome]}")
         if inp.outcome in ("reject", "lost") and not (inp.reason or "").strip():
             raise ValueError(f"{inp.outcome} needs a reason")
 
@@ -498,7 +500,8 @@ class LeadWorkflow:
         async with self.lock:
             if self.s.status == "unsubscribed":
                 self.s.status = "subscribed"
-                journey.note(self.s, workflow.now(), "note", f"resubscribed (consent at {journey.iso(inp.consent_at)})")
+                consent = when.labelled(inp.consent_at, self.s.profile.timezone)
+                journey.note(self.s, workflow.now(), "note", f"resubscribed (consent at {consent})")
                 await self._sync()
             return LeadResult(journey.show(self.s, self._funnel()))
 
