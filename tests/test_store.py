@@ -180,3 +180,15 @@ def test_a_retried_reassignment_takes_one_round_robin_turn(db, tmp_path):
     assert open_(first_owner) == moved  # the retried reassignment
     with session_scope(db) as session:
         assert crud.next_counter(session=session, name="handoff_round_robin") == 2  # turns 0 and 1 only
+
+
+def test_visitors_are_anonymous_ids_no_lead_has_claimed(db):
+    at = datetime(2027, 1, 4, 10, 0, tzinfo=timezone.utc)
+    with session_scope(db) as session:
+        for number, anonymous_id in enumerate(["v1", "v1", "v2", "v3", None]):
+            crud.add_event(session=session, event=Event(id=f"a{number}", type="page_view", at=at, data={},
+                                                        anonymous_id=anonymous_id))
+        assert crud.count_visitors(session=session) == 3
+        crud.upsert_lead(session=session, key="kv", email="v2@f.example", profile={"anonymous_id": "v2"})
+    with session_scope(db) as session:
+        assert crud.count_visitors(session=session) == 2
