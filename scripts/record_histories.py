@@ -34,9 +34,11 @@ sys.path.insert(0, str(ROOT))  # this checkout's code, whatever is installed
 from nurture import crud, journey
 from nurture.config import Settings
 from nurture.db import upgrade
+from nurture.dispatcher import dispatch_once
 from nurture.preview import advance_until
 from nurture.service import LeadIn, Nurture
 from nurture.timeskip import SimulatedTime
+from nurture.webhooks import store_batch
 from worker import build_worker
 
 OUT = ROOT / "tests" / "histories"
@@ -65,6 +67,17 @@ class Journey:
 
     async def forward(self, duration: timedelta) -> None:
         await self.clock.fast_forward(self.handle, duration)
+
+    async def sendgrid(self, kind: str, **fields: Any) -> None:
+        """A SendGrid webhook event about the lead's first email, stored and dispatched
+        as the webhook and the dispatcher do it."""
+        with self.nurture.session() as session:
+            first = crud.emails_of(session=session, key=journey.lead_key(self.email))[0]
+        raw = {"event": kind, "email": self.email, "timestamp": int((await self.now()).timestamp()),
+               "sg_event_id": f"record-{kind}", "lead": first.lead_key, "send_id": first.send_id,
+               "campaign": first.campaign, "step": first.step, **fields}
+        store_batch(self.nurture.settings, [raw])
+        await dispatch_once(self.nurture.settings, self.clock.client)
 
     def handoff_id(self) -> int:
         with self.nurture.session() as session:
@@ -135,6 +148,17 @@ async def unsubscribe(j: Journey) -> None:
     await j.forward(timedelta(days=30))
 
 
+async def drop_resubscribe(j: Journey) -> None:
+    """A drop for the account's quota (noted, the lead stays subscribed), then a SendGrid
+    group unsubscribe and resubscribe: subscribed again."""
+    await j.add(source="web_form")
+    await j.until(sent("welcome"))
+    await j.sendgrid("dropped", reason="Recipient List over Package Quota")
+    await j.sendgrid("group_unsubscribe", asm_group_id=1)
+    await j.sendgrid("group_resubscribe", asm_group_id=1)
+    await j.forward(timedelta(days=30))
+
+
 JOURNEYS: dict[str, tuple[str, Callable[[Journey], Awaitable[None]]]] = {
     "click_path": ("ann@globex.example", click_path),
     "timeout_path": ("bob@initech.example", timeout_path),
@@ -142,6 +166,7 @@ JOURNEYS: dict[str, tuple[str, Callable[[Journey], Awaitable[None]]]] = {
     "reject_recycled": ("dan@hooli.example", reject_recycled),
     "handoff_sla": ("hal@cyberdyne.example", handoff_sla),
     "unsubscribe": ("eve@umbrella.example", unsubscribe),
+    "drop_resubscribe": ("fay@stark.example", drop_resubscribe),
 }
 
 

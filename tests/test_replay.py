@@ -25,7 +25,8 @@ from nurture.converter import data_converter
 from workflows.lead import LeadWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
-JOURNEYS = {"click_path", "timeout_path", "mql_sql_accept", "reject_recycled", "handoff_sla", "unsubscribe"}
+JOURNEYS = {"click_path", "timeout_path", "mql_sql_accept", "reject_recycled", "handoff_sla", "unsubscribe",
+            "drop_resubscribe"}
 
 
 def history(path: Path) -> WorkflowHistory:
