@@ -63,12 +63,14 @@ def upgrade(url: str) -> None:
     command.upgrade(alembic_config(url), "head")
 
 
-def reclaim_erased(url: str) -> None:
+def reclaim_erased(url: str) -> bool:
     """After an erase: rewrite the SQLite file so the erased bytes linger in no free page,
-    and empty the write-ahead log that still holds the old pages. (PostgreSQL keeps the old
-    row versions until autovacuum reuses them; the README says what an operator can do.)"""
+    and empty the write-ahead log that still holds the old pages. False when a reader kept
+    the log from being emptied (past the busy timeout): its old pages may still hold them.
+    (PostgreSQL keeps old row versions until autovacuum reuses them; see the README.)"""
     if not url.startswith("sqlite"):
-        return
+        return True
     with get_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.exec_driver_sql("VACUUM")
-        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        busy, _, _ = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+    return busy == 0

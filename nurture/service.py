@@ -237,7 +237,6 @@ class Nurture:
         for send_id in sends:  # the outbox copies name the lead too
             for suffix in (".eml", ".tmp"):
                 (self.settings.outbox_dir / f"{send_id}{suffix}").unlink(missing_ok=True)
-        reclaim_erased(self.settings.db_url)
         # The workflow's own history still holds the address: remove the run as well.
         try:
             client = await self.client()
@@ -246,6 +245,10 @@ class Nurture:
                 workflow_execution=WorkflowExecution(workflow_id=self.settings.workflow_id(lead.key))))
         except RPCError:
             pass  # already gone; the suppression row is what guarantees no more email
+        if not reclaim_erased(self.settings.db_url):
+            raise UserError(f"{address}: personal data erased and journey stopped, but a reader kept the database's "
+                            "write-ahead log busy: its old pages may hold the erased data until the next "
+                            "`nurture lead forget` empties it")
 
     # ------------------------------------------------------------ rescore
 

@@ -192,3 +192,24 @@ def test_visitors_are_anonymous_ids_no_lead_has_claimed(db):
         crud.upsert_lead(session=session, key="kv", email="v2@f.example", profile={"anonymous_id": "v2"})
     with session_scope(db) as session:
         assert crud.count_visitors(session=session) == 2
+
+
+def test_reclaiming_an_erase_says_when_a_reader_keeps_the_old_pages(tmp_path):
+    import sqlite3
+
+    from nurture.db import reclaim_erased
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    upgrade(url)
+    with session_scope(url) as session:
+        crud.upsert_lead(session=session, key="kr", email="reader@f.example", profile={})
+    reader = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT email FROM lead").fetchall() == [("reader@f.example",)]
+    with session_scope(url) as session:
+        crud.forget_lead(session=session, lead=crud.get_lead_by_key(session=session, key="kr"), email_hash="r" * 64)
+    assert reclaim_erased(url) is False  # the reader still sees the old page in the log
+    reader.execute("COMMIT")
+    assert reclaim_erased(url) is True
+    assert (tmp_path / "store.db-wal").stat().st_size == 0
+    assert b"reader@f.example" not in (tmp_path / "store.db").read_bytes()
