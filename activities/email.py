@@ -14,6 +14,7 @@ can prove the outcome (the outbox file exists).
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import os
 import socket
 import time
@@ -32,6 +33,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from nurture import crud, outbox, security
+from nurture.addresses import InvalidAddress, canonical_email
 from nurture.config import Settings
 from nurture.db import session_scope
 from nurture.emails import Rendered, TemplateError, render_email
@@ -84,6 +86,12 @@ class EmailActivities:
 
     @activity.defn
     def send_email(self, inp: SendEmailInput) -> SendEmailResult:
+        try:
+            # Sent to, and checked against the suppression list as, the canonical
+            # address: never a spelling a mail library would "repair" into another.
+            inp = dataclasses.replace(inp, to=canonical_email(inp.to))
+        except InvalidAddress as error:
+            return SendEmailResult(status="suppressed", error=f"not a plain address: {error}")
         row = self._check_and_claim(inp)
         if isinstance(row, SendEmailResult):
             return row  # suppressed, or the outcome of an earlier attempt
@@ -103,7 +111,11 @@ class EmailActivities:
         if reason:
             return f"address suppressed ({reason})"
         status = crud.lead_status(session=session, key=inp.lead_key)
-        if inp.marketing and status not in (None, "subscribed"):
+        if inp.marketing and status is None:
+            # The lead row is gone: folded into the lead of the same mailbox by
+            # migration 0003 (that lead's own journey mails it).
+            return "no such lead in the store"
+        if inp.marketing and status != "subscribed":
             return f"status {status}"
         return None
 

@@ -12,13 +12,13 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nurture import journey, pages, security, webhooks
+from nurture import journey, leadfields, pages, security, webhooks
 from nurture.config import Settings
-from nurture.service import LeadIn, NotFound, Nurture, UserError
+from nurture.service import InvalidField, LeadIn, NotFound, Nurture, UserError
 from nurture.temporal import TemporalUnavailable
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,32 @@ class ApiError(Exception):
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """No NUL in any text, at any depth (keys too): refused, never stored."""
+        if _has_nul(value):
+            raise ValueError("contains a NUL character")
+        return value
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def _shared(check: Any, *args: Any) -> Any:
+    """A check of nurture.leadfields as a pydantic validator (the field is pydantic's)."""
+    try:
+        return check(*args)
+    except leadfields.FieldError as error:
+        raise ValueError(error.message) from None
+
 
 class LeadBody(_Body):
     email: str = Field(max_length=254)
@@ -47,7 +73,7 @@ class LeadBody(_Body):
     company: str | None = Field(default=None, max_length=200)
     job_title: str | None = Field(default=None, max_length=200)
     company_size: int | None = Field(default=None, ge=0, le=10_000_000)
-    country: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")
+    country: str | None = Field(default=None, max_length=2)
     timezone: str | None = Field(default=None, max_length=64)
     locale: str | None = Field(default=None, max_length=16)
     source: str | None = Field(default=None, max_length=100)
@@ -57,10 +83,15 @@ class LeadBody(_Body):
     consent_at: datetime | None = None
     campaign: str | None = Field(default=None, max_length=100)
 
-    @field_validator("email")
+    @field_validator("email", "timezone", "locale", "country", "company_size")
     @classmethod
-    def _email(cls, value: str) -> str:
-        return security.normalise_email(value)
+    def _field(cls, value: Any, info: ValidationInfo) -> Any:
+        return _shared(leadfields.check_field, info.field_name, value)
+
+    @field_validator("consent_at")
+    @classmethod
+    def _consent_at(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _shared(leadfields.check_time, "consent_at", value)
 
 
 class EventBody(_Body):
@@ -83,19 +114,13 @@ class EventBody(_Body):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str | None) -> str | None:
-        return None if value is None else security.normalise_email(value)
+        return None if value is None else _shared(leadfields.check_email, value)
 
     @field_validator("at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("needs a time zone (e.g. 2026-11-23T09:30:00Z)")
         # Checked before any conversion: 0001-01-01T00:00+01:00 cannot even become UTC.
-        if not 1970 < value.year < 3000:
-            raise ValueError("must be between 1971 and 2999")
-        return value
+        return None if value is None else _shared(leadfields.check_time, "at", value)
 
 
 class BantBody(_Body):
@@ -152,15 +177,15 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
         """Create or update a lead by email; optional `campaign` enrolls it."""
         exists = _exists(nurture, body.email)
         consent_at = body.consent_at or (datetime.now().astimezone() if body.consent else None)
-        data = LeadIn(**body.model_dump(exclude={"consent", "consent_at", "campaign", "country"}),
-                      country=body.country.upper() if body.country else None, consent_at=consent_at)
+        data = LeadIn(**body.model_dump(exclude={"consent", "consent_at", "campaign"}), consent_at=consent_at)
         result = await nurture.add_lead(data, campaign=body.campaign)
         lead = nurture.show(body.email)
         if result.message:
             lead["enroll_error"] = result.message
         return JSONResponse(lead, status_code=200 if exists else 201)
 
-    @app.get("/v1/leads/{email}", dependencies=[Auth])
+    # `:path`: an address may hold a `/` (`a/b@example.com` is valid).
+    @app.get("/v1/leads/{email:path}", dependencies=[Auth])
     def get_lead(email: str, nurture: NurtureDep) -> dict[str, Any]:
         """Same JSON as `nurture lead show --json`."""
         return nurture.show(email)
@@ -174,7 +199,7 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
                 raise ApiError(422, "give email or anonymous_id", f"{index}.email" if isinstance(body, list) else "email")
         return await nurture.ingest_events([e.model_dump() for e in events])
 
-    @app.post("/v1/leads/{email}/bant", dependencies=[Auth])
+    @app.post("/v1/leads/{email:path}/bant", dependencies=[Auth])
     async def post_bant(email: str, body: BantBody, nurture: NurtureDep) -> dict[str, Any]:
         """Set BANT facts; SQL follows at once if the rules hold."""
         facts = body.model_dump(exclude_unset=True)
@@ -236,6 +261,10 @@ def _install_errors(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             return body(400, "malformed JSON body", None)
         return body(422, message, ".".join(location) or None)
+
+    @app.exception_handler(InvalidField)
+    async def _invalid_field(_: Request, error: InvalidField) -> JSONResponse:
+        return body(422, str(error), error.field)
 
     @app.exception_handler(NotFound)
     async def _missing(_: Request, error: NotFound) -> JSONResponse:

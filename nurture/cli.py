@@ -131,7 +131,12 @@ def parse_at(value: str | None) -> datetime | None:
         fail(f"--at: '{value}' is not an ISO 8601 time (e.g. 2026-11-23T09:30:00Z)")
     if parsed.tzinfo is None:
         fail(f"--at: '{value}' has no time zone; add Z or +01:00")
-    return parsed
+    from nurture.leadfields import FieldError, check_time
+
+    try:
+        return check_time("--at", parsed)
+    except FieldError as error:
+        fail(str(error))
 
 
 def yes_no(name: str, value: str | None) -> bool | None:
@@ -340,10 +345,9 @@ def lead_add(
     """Create or update a lead by email (and enroll it)."""
     from nurture.service import LeadIn
 
-    if country is not None and (len(country) != 2 or not country.isalpha()):
-        fail(f"--country: expected a two-letter code like FR, got '{country}'", 2)
+    # Every value is checked by the validator the API and CSV import use (nurture.leadfields).
     data = LeadIn(email=email, first_name=first_name, last_name=last_name, company=company, job_title=job_title,
-                  company_size=company_size, country=country.upper() if country else None, timezone=timezone,
+                  company_size=company_size, country=country, timezone=timezone,
                   locale=locale, source=source, attributes=_attrs(attr))
     nurture = service()
     result = run(lambda: nurture.add_lead(data, campaign=campaign))

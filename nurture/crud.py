@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 
 from nurture import security
 from nurture.journey import suppressing_status
+from nurture.leadfields import check_attributes
 from nurture.models import Counter, Email, Event, Handoff, History, Lead, Suppression, utcnow
 
 PROFILE_COLUMNS = (
@@ -61,8 +62,13 @@ def upsert_lead(*, session: Session, key: str, email: str, profile: dict[str, An
     Fields given as None keep their stored value: a form that does not ask for the
     company must not erase it.
     """
-    lead = get_lead_by_key(session=session, key=key)
+    # By address first: a lead folded from another spelling of it (migration 0003)
+    # keeps the key, and so the workflow, it had.
+    lead = get_lead(session=session, email=email) or get_lead_by_key(session=session, key=key)
     created = lead is None
+    if profile.get("attributes"):
+        # Bounded once merged, checked before anything is changed (FieldError).
+        check_attributes({**((lead.attributes or {}) if lead else {}), **profile["attributes"]})
     if lead is None:
         lead = Lead(key=key, email=email)
     for name in PROFILE_COLUMNS:
@@ -199,7 +205,7 @@ def suppress_now(*, session: Session, lead: Any, address: str | None, type_: str
         return
     target = address or (lead.email if lead is not None else None)
     if status == "complained" and target:
-        suppress(session=session, email_hash=security.email_hash(target), reason="complained")
+        suppress(session=session, email_hash=security.stored_email_hash(target), reason="complained")
     if lead is not None and lead.email is not None and lead.status == "subscribed":
         session.execute(update(Lead).where(col(Lead.key) == lead.key, col(Lead.status) == "subscribed")
                         .values(status=status, updated_at=utcnow()))

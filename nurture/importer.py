@@ -30,7 +30,6 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rich.progress import (
     BarColumn,
@@ -43,9 +42,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from nurture import crud, security
+from nurture import crud, leadfields
 from nurture.models import Lead, utcnow
-from nurture.service import LeadIn, Nurture, StoredLead, UserError
+from nurture.service import InvalidField, LeadIn, Nurture, StoredLead, UserError
 
 IN_FLIGHT = 32  # start_lead calls running at once
 
@@ -65,14 +64,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "consent": ("consent", "optin", "marketingconsent", "emailoptin"),
 }
 FIELD_OF = {alias: name for name, aliases in ALIASES.items() for alias in aliases}
-TEXT_LIMITS = {  # the store's column sizes (nurture/models.py)
-    "first_name": 200, "last_name": 200, "company": 200, "job_title": 200,
-    "timezone": 64, "locale": 16, "source": 100, "anonymous_id": 200,
-}
 YES = {"yes", "y", "true", "1"}
 NO = {"no", "n", "false", "0"}
-LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
-MAX_COMPANY_SIZE = 2**31 - 1
 DELIMITERS = (",", ";", "\t")
 NOT_UTF8 = "not UTF-8 text (in Excel: Save As > CSV UTF-8)"
 ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a byte that was not UTF-8, under surrogateescape
@@ -266,8 +259,10 @@ class LeadCsv:
                 continue
             start, self._last_end = self._last_end + 1, self.physical
             not_utf8 = self._claim_bad_lines(self._last_end)
-            values = [cell.strip() for cell in cells]
-            if not any(values):
+            # Spaces trimmed, tabs kept: a leading tab is how a cell is protected from
+            # being read as a formula by a spreadsheet, and it is data as typed.
+            values = [cell.strip(" ") for cell in cells]
+            if not any(value.strip() for value in values):
                 continue  # a blank line, or only separators
             if not_utf8:
                 bad = next((i for i, v in enumerate(values) if ESCAPED_BYTE.search(v)), None)
@@ -277,7 +272,8 @@ class LeadCsv:
                 yield RowProblem(start, "row", f"{len(values)} cells, but the header names {width} columns "
                                                f"(a separator inside an unquoted value?)")
                 continue
-            row = {self.header[i]: value for i, value in enumerate(values[:width]) if value and self.header[i]}
+            row = {self.header[i]: value for i, value in enumerate(values[:width])
+                   if value.strip() and self.header[i]}
             yield Row(start, row)
 
     def _claim_bad_lines(self, end: int) -> bool:
@@ -320,9 +316,9 @@ def parse_row(cells: dict[str, str], columns: dict[str, str | None]) -> Parsed:
             parsed.attributes[name] = value
         elif target == "email":
             try:
-                parsed.email = security.normalise_email(value)
-            except ValueError as error:
-                parsed.problems.append(("email", str(error)))
+                parsed.email = leadfields.check_email(value)
+            except leadfields.FieldError as error:
+                parsed.problems.append(("email", error.message))
         elif target == "consent":
             if value.lower() in YES:
                 parsed.consent = True
@@ -332,41 +328,36 @@ def parse_row(cells: dict[str, str], columns: dict[str, str | None]) -> Parsed:
             message = _check_field(target, value, parsed)
             if message:
                 parsed.problems.append((target, message))
+    if parsed.attributes:
+        _check_attributes(parsed)
     if not parsed.email and not any(column == "email" for column, _ in parsed.problems):
         parsed.problems.insert(0, ("email", "missing (every row needs an email address)"))
     return parsed
 
 
 def _check_field(name: str, value: str, parsed: Parsed) -> str | None:
-    """Store `value` into parsed.fields[name], or return why it is refused."""
-    limit = TEXT_LIMITS.get(name)
-    if limit is not None and len(value) > limit:
-        return f"longer than {limit} characters"
-    if name == "company_size":
-        if value.startswith("-") and value[1:].isascii() and value[1:].isdigit():
-            return f"'{value}' is below 0"
-        if not value.isascii() or not value.isdigit():
-            return f"'{value}' is not a whole number"
-        if int(value) > MAX_COMPANY_SIZE:
-            return f"'{value}' is too large"
-        parsed.fields[name] = int(value)
-        return None
-    if name == "country":
-        if len(value) != 2 or not value.isascii() or not value.isalpha():
-            return f"'{value}' is not a two-letter country code like FR"
-        parsed.fields[name] = value.upper()
-        return None
-    if name == "timezone":
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            return f"'{value}' is not an IANA time zone like Europe/Paris"
-        parsed.fields[name] = value
-        return None
-    if name == "locale" and not LOCALE.match(value):
-        return f"'{value}' is not a locale like fr or fr-FR"
-    parsed.fields[name] = value
+    """Store `value` into parsed.fields[name] (checked by nurture.leadfields, as at every
+    door), or return why it is refused."""
+    try:
+        parsed.fields[name] = leadfields.check_field(name, _company_size(value) if name == "company_size" else value)
+    except leadfields.FieldError as error:
+        return error.message
     return None
+
+
+def _company_size(value: str) -> int | str:
+    """A cell's whole number (a sign allowed, so "-5" is "below 0"); else the text, refused."""
+    digits = value[1:] if value[:1] in "+-" else value
+    return int(value) if digits.isascii() and digits.isdigit() else value
+
+
+def _check_attributes(parsed: Parsed) -> None:
+    """The row's attribute cells within the bounds; the column named as the header does."""
+    try:
+        leadfields.check_attributes(parsed.attributes, field="attributes")
+    except leadfields.FieldError as error:
+        column = error.field.removeprefix("attributes.") if error.field.startswith("attributes.") else "row"
+        parsed.problems.append((column, error.message))
 
 
 def differs(lead: Lead, parsed: Parsed) -> bool:
@@ -430,8 +421,8 @@ class _Import:
         pending.clear()
         stored, unchanged, refused = await asyncio.to_thread(self._store, rows)
         self.report.unchanged += unchanged
-        for line, message in refused:
-            self.reject(line, [("email", message)])
+        for line, column, message in refused:
+            self.reject(line, [(column, message)])
         for line, lead in stored:
             await self.slots.acquire()
             self.raise_failure()
@@ -441,12 +432,13 @@ class _Import:
         await asyncio.sleep(0)  # let the calls (and anything else on this loop) run
         self.raise_failure()
 
-    def _store(self, rows: list[tuple[int, Parsed]]) -> tuple[list[tuple[int, StoredLead]], int, list[tuple[int, str]]]:
+    def _store(self, rows: list[tuple[int, Parsed]]) -> tuple[list[tuple[int, StoredLead]], int,
+                                                             list[tuple[int, str, str]]]:
         """Compare each row with the store and write the new or changed ones: one
         transaction per batch, so the import takes the database's write lock once per
         batch rather than once per row (SQLite's lock waits were most of its time)."""
         stored: list[tuple[int, StoredLead]] = []
-        refused: list[tuple[int, str]] = []
+        refused: list[tuple[int, str, str]] = []
         unchanged = 0
         with self.nurture.session() as session:
             known = crud.leads_by_email(session=session, emails=[parsed.email for _, parsed in rows])
@@ -465,8 +457,10 @@ class _Import:
                               consent_at=self.consent_at if parsed.consent else None, **fields)
                 try:
                     stored.append((line, self.nurture.store_lead(session, data)))
+                except InvalidField as error:  # e.g. attributes too large once merged: nothing written
+                    refused.append((line, error.field, str(error).removeprefix(f"{error.field}: ")))
                 except UserError as error:  # suppressed: nothing written for this row
-                    refused.append((line, str(error).removeprefix("email: ")))
+                    refused.append((line, "email", str(error)))
         return stored, unchanged, refused
 
     async def add(self, line: int, lead: StoredLead) -> None:

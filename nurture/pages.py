@@ -213,7 +213,7 @@ def _lead_for_token(settings: Settings, token: str) -> tuple[Lead, str] | None:
             return None
         session.expunge(lead)  # changed below for display only, never written back
         suppressed = lead.email is not None and crud.is_suppressed(
-            session=session, email_hash=security.email_hash(lead.email))
+            session=session, email_hash=security.stored_email_hash(lead.email))
         campaign = lead.campaign or session.exec(
             select(Email.campaign).where(Email.lead_key == key, col(Email.campaign).is_not(None))
             .order_by(col(Email.claimed_at).desc()).limit(1)).first()

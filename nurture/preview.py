@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from nurture import journey, security
+from nurture import journey
+from nurture.addresses import canonical_email
 from nurture.campaign import (
     FUNNEL_FILES,
     STAGES,
@@ -312,7 +313,7 @@ async def run_preview(campaign_file: Path, lead: LeadIn, events: list[ScriptedEv
 class _Run:
     def __init__(self, nurture: Nurture, clock: Any, campaign: Campaign, copy: Path, lead: LeadIn) -> None:
         self.nurture, self.clock, self.campaign, self.copy, self.lead = nurture, clock, campaign, copy, lead
-        self.email = security.normalise_email(lead.email)
+        self.email = canonical_email(lead.email)
         self.handle = clock.client.get_workflow_handle(nurture.settings.workflow_id(journey.lead_key(self.email)))
         self.notes: list[str] = []
         self.ignored: list[_Ignored] = []

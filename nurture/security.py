@@ -1,6 +1,7 @@
 """Signing and comparisons: unsubscribe links, webhook signatures, API keys, email identity.
 
-Pure functions on the standard library only (hmac, hashlib, secrets, base64).
+Pure functions on the standard library (hmac, hashlib, secrets, base64); addresses
+are canonicalised by `nurture.addresses`.
 
 Link tokens are `base64url(lead_key) + "." + base64url(tag)` where `tag` is
 HMAC-SHA256(secret, f"{purpose}|{lead_key}") truncated to 128 bits. The lead key is
@@ -23,9 +24,10 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
+from nurture.addresses import InvalidAddress, canonical_email
+
 TAG_BYTES = 16  # 128 bits of HMAC-SHA256
 MAX_TOKEN_CHARS = 2048  # longer input is refused before any decoding work
-MAX_EMAIL_CHARS = 254  # RFC 5321 path limit minus the angle brackets
 
 
 def _b64encode(raw: bytes) -> str:
@@ -116,37 +118,18 @@ def api_key_ok(presented: str | None, allowed: Sequence[str]) -> bool:
     return ok
 
 
-def normalise_email(raw: str) -> str:
-    """The canonical form of an email address, or ValueError("invalid email address 'x'").
-
-    Trimmed and lower-cased, local part included. RFC 5321 lets a server treat the
-    local part as case-sensitive, but no mainstream provider does, while people and
-    CRMs type `Jane.Doe@` and `jane.doe@` for the same person. One lead per person,
-    and a forgotten lead's suppression hash that still matches when the address comes
-    back in another case, matter more than that theoretical distinction.
-
-    Shape checks only (no DNS): one `@`, non-empty local part and domain, a dot in the
-    domain with no empty label, no whitespace or control characters, at most 254
-    characters.
-    """
-    if not isinstance(raw, str):
-        raise ValueError(f"invalid email address {raw!r}")
-    email = raw.strip().lower()
-    local, at, domain = email.partition("@")
-    if (
-        not at
-        or not local
-        or "@" in domain
-        or "." not in domain
-        or any(not label for label in domain.split("."))
-        or " " in email
-        or not email.isprintable()  # with the line above: no whitespace at all
-        or len(email) > MAX_EMAIL_CHARS
-    ):
-        raise ValueError(f"invalid email address {raw!r}")
-    return email
-
-
 def email_hash(email: str) -> str:
-    """SHA-256 hex of the normalised address: the suppression entry of a forgotten lead."""
-    return hashlib.sha256(normalise_email(email).encode()).hexdigest()
+    """SHA-256 hex of the canonical address: the suppression entry of a forgotten lead,
+    so it matches whatever spelling of the address comes back."""
+    return hashlib.sha256(canonical_email(email).encode()).hexdigest()
+
+
+def stored_email_hash(email: str) -> str:
+    """`email_hash` of an address read from the store. A row that migration 0003 could
+    not fold (not a plain address, e.g. `a,b@example.com`) keeps its old spelling; its
+    hash is then that of the spelling, trimmed and lower-cased, as it was before 0003,
+    so suppressing or forgetting it still works (and nothing is ever sent to it)."""
+    try:
+        return email_hash(email)
+    except InvalidAddress:
+        return hashlib.sha256(email.strip().lower().encode()).hexdigest()

@@ -8,6 +8,7 @@ projected the result, so the next read of the store shows it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
-from nurture import crud, journey, security
+from nurture import crud, journey, leadfields, security
 from nurture.config import Settings
 from nurture.db import reclaim_erased, session_scope
 from nurture.journey import LeadEvent, LeadProfile
@@ -54,6 +55,14 @@ class UserError(Exception):
 
 class NotFound(UserError):
     """Unknown lead or handoff: CLI exit 1, HTTP 404."""
+
+
+class InvalidField(UserError):
+    """A value refused by `nurture.leadfields`: CLI exit 1, HTTP 422 naming the field."""
+
+    def __init__(self, error: leadfields.FieldError) -> None:
+        super().__init__(str(error))
+        self.field = error.field
 
 
 @dataclass
@@ -114,7 +123,7 @@ class Nurture:
 
     async def add_lead(self, data: LeadIn, *, campaign: str | None = None) -> LeadResult:
         """Create or update a lead by email; enroll it by name or by `auto_on: created`."""
-        _normalised(data.email)  # a bad address is the user's error, whatever else is down
+        data = _checked(data)  # a bad value is the user's error, whatever else is down
         await self.client()  # fail fast (exit 3) before writing anything
         with self.session() as session:
             stored = self.store_lead(session, data)
@@ -122,14 +131,19 @@ class Nurture:
 
     def store_lead(self, session: Session, data: LeadIn) -> StoredLead:
         """Write the lead's row (created, or the fields given filled in) in the caller's
-        transaction; UserError, with nothing written, if the address may not be used."""
-        email = _normalised(data.email)
+        transaction; UserError, with nothing written, if a value is refused (nurture.leadfields)
+        or the address may not be used."""
+        data = _checked(data)
+        email = data.email
         if crud.is_suppressed(session=session, email_hash=security.email_hash(email)):
             raise UserError(f"{email} is on the suppression list (forgotten or complained); it is never mailed again")
         profile = {name: getattr(data, name) for name in crud.PROFILE_COLUMNS}
         profile["attributes"] = data.attributes or {}
-        lead, created = crud.upsert_lead(session=session, key=journey.lead_key(email), email=email, profile=profile,
-                                         consent_at=data.consent_at)
+        try:
+            lead, created = crud.upsert_lead(session=session, key=journey.lead_key(email), email=email,
+                                             profile=profile, consent_at=data.consent_at)
+        except leadfields.FieldError as error:  # the attributes once merged: nothing was written
+            raise InvalidField(error) from None
         # state_version 0: stored before, but its workflow never got through a first
         # task (a run stopped between the store and Temporal): it is still new to it.
         return StoredLead(lead.key, LeadProfile(**crud.profile_of(lead)), created or lead.state_version == 0)
@@ -233,7 +247,7 @@ class Nurture:
         with self.session() as session:
             stored = crud.get_lead_by_key(session=session, key=lead.key)
             if stored is not None:
-                sends = crud.forget_lead(session=session, lead=stored, email_hash=security.email_hash(address))
+                sends = crud.forget_lead(session=session, lead=stored, email_hash=security.stored_email_hash(address))
         for send_id in sends:  # the outbox copies name the lead too
             for suffix in (".eml", ".tmp"):
                 (self.settings.outbox_dir / f"{send_id}{suffix}").unlink(missing_ok=True)
@@ -304,10 +318,7 @@ class Nurture:
     # ------------------------------------------------------------ reads (the store)
 
     def _lead(self, email: str) -> Lead:
-        try:
-            address = security.normalise_email(email)
-        except ValueError as error:
-            raise UserError(f"email: {error}") from error
+        address = _normalised(email)
         with self.session() as session:
             lead = crud.get_lead(session=session, email=address)
         if lead is None:
@@ -348,10 +359,19 @@ class Nurture:
 
 
 def _normalised(email: str) -> str:
+    """The canonical address (nurture.addresses), or InvalidField."""
     try:
-        return security.normalise_email(email)
-    except ValueError as error:
-        raise UserError(f"email: {error}") from error
+        return leadfields.check_email(email)
+    except leadfields.FieldError as error:
+        raise InvalidField(error) from None
+
+
+def _checked(data: LeadIn) -> LeadIn:
+    """The lead with every field checked and cleaned by the one shared validator."""
+    try:
+        return LeadIn(**leadfields.clean_profile(dataclasses.asdict(data)))
+    except leadfields.FieldError as error:
+        raise InvalidField(error) from None
 
 
 def _failure_message(error: BaseException) -> str:

@@ -41,6 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from nurture import crud, journey, security
+from nurture.addresses import InvalidAddress, canonical_email
 from nurture.config import Settings
 from nurture.db import session_scope
 from nurture.models import Counter, Email, Event, Lead, sqlite_time, utcnow
@@ -146,6 +147,8 @@ def _parse(body: bytes) -> list[dict[str, Any]]:
         raise Refused(400, "malformed JSON", "events") from None
     if not isinstance(events, list):
         raise Refused(400, "events: not a JSON array", "events")
+    if b"\\u0000" in body:  # JSON can only carry a NUL escaped
+        events = _without_nul(events)
     for index, event in enumerate(events):
         if not isinstance(event, dict):
             raise Refused(400, f"events.{index}: not an object", f"events.{index}")
@@ -436,7 +439,7 @@ def _route(batch: _Batch, key: str | None, address: str | None) -> _LeadRef | No
     too: its events must not score, or suppress, the lead.
     """
     lead = batch.by_key.get(key) if key else None
-    if lead is not None and (address is None or lead.email is None or lead.email == address):
+    if lead is not None and (address is None or lead.email is None or _address(lead.email) == address):
         return lead
     return batch.by_email.get(address) if address else None
 
@@ -449,11 +452,11 @@ def _load_leads(session: Session, args: list[dict[str, str]], addresses: list[st
     # By address only where the key did not already name that address's lead (events of
     # our own sends carry the key, so usually none).
     others = {address for a, address in zip(args, addresses)
-              if address and getattr(batch.by_key.get(a.get("lead", "")), "email", None) != address}
+              if address and _address(getattr(batch.by_key.get(a.get("lead", "")), "email", None)) != address}
     for chunk in _chunks(others):
         for key, email, status in session.execute(select(*columns).where(col(Lead.email).in_(chunk))):
             lead = batch.by_key.setdefault(key, _LeadRef(key, email, status))  # one object per lead
-            batch.by_email[email] = lead
+            batch.by_email[_address(email) or email] = lead
 
 
 def _load_emails(session: Session, args: list[dict[str, str]], batch: _Batch) -> None:
@@ -471,6 +474,18 @@ def _existing_ids(session: Session, ids: list[str]) -> set[str]:
 
 
 # ---------------------------------------------------------------- small helpers
+
+
+def _without_nul(value: Any) -> Any:
+    """The parsed batch with NUL taken out of every string (keys too): signed by SendGrid,
+    so not refused (it would retry for days), but never stored (PostgreSQL cannot)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 def _chunks(values: set[str]) -> list[list[str]]:
@@ -504,11 +519,13 @@ def _message_key(raw: dict[str, Any]) -> str | None:
 
 
 def _address(value: Any) -> str | None:
+    """The canonical address (nurture.addresses), the one leads are keyed on; None for
+    anything else (the event is then routed by its custom args alone)."""
     if not isinstance(value, str):
         return None
     try:
-        return security.normalise_email(value)
-    except ValueError:
+        return canonical_email(value)
+    except InvalidAddress:
         return None
 
 

@@ -80,7 +80,7 @@ async def test_import_reports_bad_rows_keeps_good_ones_and_is_idempotent(stack, 
     report = await import_file(stack.nurture, path)
 
     assert report.problems == [
-        f"{f}:3: email: invalid email address 'not-an-email'",
+        f"{f}:3: email: invalid email address 'not-an-email': an email address must have an @-sign",
         f"{f}:4: company_size: 'abc' is not a whole number",
         f"{f}:5: timezone: 'Mars/Olympus' is not an IANA time zone like Europe/Paris",
         f"{f}:9: first_name: {NOT_UTF8}",

@@ -257,7 +257,7 @@ async def test_the_cli_refuses_bad_input_before_starting_anything(tmp_path: Path
     )
     for result in runs:
         assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr, result
-    assert runs[0].stderr.strip() == f"error: {tmp_path / 'bad.json'}: email: invalid email address '1'"
+    assert runs[0].stderr.strip() == f"error: {tmp_path / 'bad.json'}: email: invalid email address '1': an email address must have an @-sign"
     assert runs[1].stderr.strip() == (f"{tmp_path / 'ev.yaml'}:1: 0.at: invalid duration '2x': use e.g. 30s, 15m, 4h, "
                                       "2d, 1w, 1d12h (time after enrollment)")
     lines = runs[2].stderr.strip().splitlines()
