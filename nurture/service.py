@@ -47,6 +47,7 @@ from workflows.lead import (
 )
 
 EVENT_FIELDS = ("url", "asset", "form", "event", "campaign", "step")
+MAX_ID = 2**31 - 1  # integer ids (handoffs) are 32-bit on PostgreSQL
 
 
 class UserError(Exception):
@@ -309,7 +310,8 @@ class Nurture:
 
     async def handoff_action(self, handoff_id: int, outcome: str, reason: str | None = None) -> LeadResult:
         with self.session() as session:
-            handoff = crud.get_handoff(session=session, handoff_id=handoff_id)
+            # Past the id column's range no handoff can exist (and the database would refuse the query).
+            handoff = crud.get_handoff(session=session, handoff_id=handoff_id) if 0 < handoff_id <= MAX_ID else None
             if handoff is None:
                 raise NotFound(f"handoff {handoff_id}: no such handoff")
         return await self._update(handoff.lead_key, LeadWorkflow.handoff_outcome,

@@ -1,0 +1,98 @@
+"""One mailbox, one lead, whatever spelling comes in, at every door: HTTP API, CSV
+import, SendGrid webhook, forget (nurture.addresses)."""
+
+from __future__ import annotations
+
+import csv
+import unicodedata
+
+import pytest
+from sqlmodel import select
+
+from nurture import crud, journey
+from nurture.importer import import_file
+from nurture.models import Lead
+from tests.test_api import AUTH
+from tests.test_webhooks import hook, lead_with_welcome, post, sg  # noqa: F401  (hook is a fixture)
+
+NOT_PLAIN = ["<jane@globex.example>", "jane(x)@globex.example", "jane@globex.example>", '"jane"@globex.example',
+             "Jane <jane@globex.example>", "jane,bob@globex.example", "jane@globex.example\r\nBcc: x@y.example"]
+IDN, PUNYCODE = "Léa@Bücher.example", "le\u0301a@xn--bcher-kva.EXAMPLE"  # NFC, and NFD + punycode
+CANONICAL = "léa@xn--bcher-kva.example"
+
+
+def leads(stack) -> list[str | None]:
+    with stack.session() as session:
+        return [lead.email for lead in session.exec(select(Lead)).all()]
+
+
+@pytest.mark.parametrize("spelling", NOT_PLAIN)
+async def test_the_api_refuses_what_is_not_a_plain_address(hook, spelling):
+    stack, http = hook
+    response = await http.post("/v1/leads", headers=AUTH, json={"email": spelling})
+
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "email" and "invalid email address" in response.json()["error"]
+    assert leads(stack) == []
+
+
+async def test_an_idn_domain_its_punycode_nfc_and_nfd_are_one_lead(hook):
+    stack, http = hook
+    first = await http.post("/v1/leads", headers=AUTH, json={"email": IDN, "first_name": "Léa"})
+    again = await http.post("/v1/leads", headers=AUTH, json={"email": PUNYCODE, "company": "Bücher"})
+
+    assert (first.status_code, again.status_code) == (201, 200), again.text
+    assert first.json()["email"] == again.json()["email"] == CANONICAL
+    shown = await http.get(f"/v1/leads/{unicodedata.normalize('NFD', IDN)}", headers=AUTH)
+    assert shown.status_code == 200 and shown.json()["company"] == "Bücher"
+    assert leads(stack) == [CANONICAL]
+
+
+async def test_a_forgotten_mailbox_stays_suppressed_under_another_spelling(hook, tmp_path):
+    stack, http = hook
+    await stack.add(IDN)
+    await stack.nurture.forget(PUNYCODE)
+
+    refused = await http.post("/v1/leads", headers=AUTH, json={"email": unicodedata.normalize("NFD", IDN).upper()})
+    path = tmp_path / "leads.csv"
+    path.write_text(f"email\n{PUNYCODE}\n{IDN.lower()}\n", encoding="utf-8")
+    report = await import_file(stack.nurture, path)
+
+    assert refused.status_code == 409 and "suppression list" in refused.json()["error"]
+    assert (report.created, report.rejected) == (0, 2)
+    assert "suppression list" in report.problems[0]
+    assert "duplicate of line 2" in report.problems[1]
+    assert leads(stack) == [None]  # only the forgotten lead's husk
+
+
+async def test_csv_import_refuses_what_is_not_a_plain_address_and_folds_the_rest(stack, tmp_path):
+    path = tmp_path / "leads.csv"
+    cells = [spelling for spelling in NOT_PLAIN if "\r" not in spelling]
+    with path.open("w", encoding="utf-8", newline="") as file:
+        csv.writer(file).writerows([["email"], *([cell] for cell in [*cells, IDN, PUNYCODE])])
+
+    report = await import_file(stack.nurture, path)
+
+    assert (report.created, report.rejected) == (1, len(cells) + 1)
+    for line, problem in enumerate(report.problems[:len(cells)], start=2):
+        assert problem.startswith(f"{path}:{line}: email: invalid email address ")
+    assert report.problems[-1] == f"{path}:{len(cells) + 3}: email: {CANONICAL} is a duplicate of line {len(cells) + 2}; this row is skipped"
+    assert leads(stack) == [CANONICAL]
+
+
+async def test_sendgrid_events_spelling_the_address_another_way_reach_the_lead(hook):
+    """A bounce reported for the punycode spelling of a lead stored from its IDN form is
+    the lead's bounce (with our custom args, and without them): no next email."""
+    stack, http = hook
+    welcome = await lead_with_welcome(stack, CANONICAL)
+    other = "kim@bücher.example"
+    await stack.add(other)
+
+    with_args = await post(http, [sg("bounce", PUNYCODE, welcome, type="bounce", reason="550 5.1.1 unknown")])
+    without = await post(http, [sg("spamreport", "KIM@xn--bcher-kva.example")])
+
+    assert with_args.json() == {"stored": 1, "duplicates": 0, "unmatched": 0}
+    assert without.json() == {"stored": 1, "duplicates": 0, "unmatched": 0}
+    assert stack.show(IDN)["status"] == "bounced" and stack.show(other)["status"] == "complained"
+    with stack.session() as session:
+        assert len(crud.emails_of(session=session, key=journey.lead_key(CANONICAL))) == 1
