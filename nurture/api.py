@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nurture import journey, leadfields, pages, security, webhooks
 from nurture.config import Settings
-from nurture.service import InvalidField, LeadIn, NotFound, Nurture, UserError
+from nurture.service import Conflict, InvalidField, LeadIn, NotFound, Nurture, UserError
 from nurture.temporal import TemporalUnavailable
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class LeadBody(_Body):
     company: str | None = Field(default=None, max_length=200)
     job_title: str | None = Field(default=None, max_length=200)
     company_size: int | None = Field(default=None, ge=0, le=10_000_000)
-    country: str | None = Field(default=None, max_length=2)
+    country: str | None = None  # checked by nurture.leadfields
     timezone: str | None = Field(default=None, max_length=64)
     locale: str | None = Field(default=None, max_length=16)
     source: str | None = Field(default=None, max_length=100)
@@ -197,7 +197,10 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
         for index, event in enumerate(events):
             if not event.email and not event.anonymous_id:
                 raise ApiError(422, "give email or anonymous_id", f"{index}.email" if isinstance(body, list) else "email")
-        return await nurture.ingest_events([e.model_dump() for e in events])
+        try:
+            return await nurture.ingest_events([e.model_dump() for e in events])
+        except Conflict as conflict:
+            raise ApiError(409, str(conflict), f"{conflict.index}.id" if isinstance(body, list) else "id") from None
 
     @app.post("/v1/leads/{email:path}/bant", dependencies=[Auth])
     async def post_bant(email: str, body: BantBody, nurture: NurtureDep) -> dict[str, Any]:

@@ -237,6 +237,18 @@ def add_event(*, session: Session, event: Event) -> bool:
     return True
 
 
+def event_owners(*, session: Session, ids: Sequence[str]) -> dict[str, tuple[str | None, str | None, str | None]]:
+    """Stored events among these ids: id -> (lead key, email, anonymous id)."""
+    table = Event.__table__
+    found: dict[str, tuple[str | None, str | None, str | None]] = {}
+    unique = sorted(set(ids))
+    for start in range(0, len(unique), 500):
+        rows = session.connection().execute(select(table.c.id, table.c.lead_key, table.c.email, table.c.anonymous_id)
+                                            .where(table.c.id.in_(unique[start:start + 500])))
+        found.update((row[0], (row[1], row[2], row[3])) for row in rows)
+    return found
+
+
 def mark_dispatched(*, session: Session, ids: Sequence[str]) -> None:
     if ids:
         session.execute(update(Event).where(col(Event.id).in_(ids)).values(dispatched_at=utcnow(), claimed_until=None))

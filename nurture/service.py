@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +26,7 @@ from temporalio.client import (
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from nurture import crud, journey, leadfields, security
 from nurture.config import Settings
@@ -47,6 +48,7 @@ from workflows.lead import (
 )
 
 EVENT_FIELDS = ("url", "asset", "form", "event", "campaign", "step")
+UPDATES_PER_LEAD = 4  # at once from one process: below Temporal's 10, room for the others
 MAX_ID = 2**31 - 1  # integer ids (handoffs) are 32-bit on PostgreSQL
 
 
@@ -56,6 +58,16 @@ class UserError(Exception):
 
 class NotFound(UserError):
     """Unknown lead or handoff: CLI exit 1, HTTP 404."""
+
+
+class Conflict(UserError):
+    """Refused because of what is already stored: CLI exit 1, HTTP 409.
+
+    `index` is the position of the offending item in a batch (events)."""
+
+    def __init__(self, message: str, index: int = 0) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class InvalidField(UserError):
@@ -111,6 +123,8 @@ class Nurture:
     def __init__(self, settings: Settings, client: Client | None = None) -> None:
         self.settings = settings
         self._client = client
+        # lead key -> its queue of updates; dropped by itself once no update holds it
+        self._slots: weakref.WeakValueDictionary[str, asyncio.Semaphore] = weakref.WeakValueDictionary()
 
     async def client(self) -> Client:
         if self._client is None:
@@ -177,8 +191,9 @@ class Nurture:
         per_lead: dict[str, list[LeadEvent]] = {}
         anonymous = duplicates = 0
         unknown: list[str] = []
-        for raw in events:
-            lead = self._lead_for(raw)
+        resolved = [(raw, self._lead_for(raw)) for raw in events]
+        self._refuse_reused_ids(resolved)  # before anything is stored
+        for raw, lead in resolved:
             fields = {k: raw.get(k) for k in (*EVENT_FIELDS, "bant")}
             fields["machine_open"] = True if raw.get("machine_open") else None  # stored, never scored
             if lead is None:
@@ -199,6 +214,25 @@ class Nurture:
         applied = sum(len(v) for v in per_lead.values())
         return {"accepted": len(events), "applied": applied, "anonymous": anonymous,
                 "duplicates": duplicates, "unknown_emails": unknown}
+
+    def _refuse_reused_ids(self, resolved: list[tuple[dict[str, Any], Lead | None]]) -> None:
+        """An event id belongs to the lead (or visitor) that first sent it: the same id
+        again for it is a duplicate, for anyone else a Conflict. Were it applied to the
+        other lead, it could not be stored for it, and a rescore would take it away."""
+        ids = [raw["id"] for raw, _ in resolved if raw.get("id")]
+        if not ids:
+            return
+        with self.session() as session:
+            owners = crud.event_owners(session=session, ids=ids)
+        for index, (raw, lead) in enumerate(resolved):
+            event_id = raw.get("id")
+            if not event_id:
+                continue
+            mine = (lead.key, None, None) if lead else (None, raw.get("email"), raw.get("anonymous_id"))
+            owner = owners.setdefault(event_id, mine)  # later items of this batch see the first
+            if not _same_owner(owner, raw, lead):
+                raise Conflict(f"event id '{event_id}' is already used by another lead; "
+                               "event ids are unique per lead", index)
 
     def _lead_for(self, raw: dict[str, Any]) -> Lead | None:
         with self.session() as session:
@@ -225,6 +259,9 @@ class Nurture:
         with self.session() as session:
             fresh = crud.add_event(session=session, event=Event(id=event_id, lead_key=lead.key, email=lead.email,
                                                                 type=type_, at=at, data=data))
+            owner = None if fresh else crud.event_owners(session=session, ids=[event_id]).get(event_id)
+            if owner is not None and owner[0] not in (None, lead.key):  # a concurrent request took the id
+                raise Conflict(f"event id '{event_id}' is already used by another lead; event ids are unique per lead")
             if fresh and type_ in journey.SUPPRESSING_EVENTS:
                 stored = crud.get_lead_by_key(session=session, key=lead.key)
                 crud.suppress_now(session=session, lead=stored, address=lead.email, type_=type_)
@@ -335,8 +372,32 @@ class Nurture:
     # ------------------------------------------------------------ the workflow
 
     async def _update(self, key: str, update: Any, arg: Any, *, profile: LeadProfile | None = None) -> LeadResult:
-        """Run an update on the lead's workflow, starting it if it does not run yet."""
+        """Run an update on the lead's workflow, starting it if it does not run yet.
+
+        Temporal admits a few in-flight updates per workflow (10 by default) and turns
+        the others away. A burst for one lead (concurrent form posts) must be answered,
+        not refused after its data was stored: from this process at most
+        UPDATES_PER_LEAD run at once and the others queue; one turned away all the same
+        (other processes) is tried again, all within the update timeout."""
         client = await self.client()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.update_timeout
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = asyncio.Semaphore(UPDATES_PER_LEAD)
+        async with slot:
+            delay = 0.05
+            while True:
+                try:
+                    return await self._update_once(client, key, update, arg, profile, deadline - loop.time())
+                except RPCError as error:
+                    if error.status != RPCStatusCode.RESOURCE_EXHAUSTED or loop.time() + delay > deadline:
+                        raise TemporalUnavailable(f"Temporal refused the request: {error.message}") from error
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _update_once(self, client: Client, key: str, update: Any, arg: Any, profile: LeadProfile | None,
+                           timeout: float) -> LeadResult:
         start = WithStartWorkflowOperation(
             LeadWorkflow.run,
             LeadInput(key=key, profile=profile, sales_sender=self.settings.sales_sender,
@@ -347,8 +408,7 @@ class Nurture:
         )
         try:
             return await asyncio.wait_for(client.execute_update_with_start_workflow(
-                update, arg, start_workflow_operation=start, result_type=LeadResult),
-                timeout=self.settings.update_timeout)
+                update, arg, start_workflow_operation=start, result_type=LeadResult), timeout=max(timeout, 0.001))
         except (asyncio.TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as error:
             raise TemporalUnavailable(
                 f"no worker answered within {self.settings.update_timeout:g}s on task queue "
@@ -356,8 +416,6 @@ class Nurture:
                 "(stored events are delivered once one runs)") from error
         except WorkflowUpdateFailedError as error:
             raise UserError(_failure_message(error)) from error
-        except RPCError as error:
-            raise TemporalUnavailable(f"Temporal refused the request: {error.message}") from error
 
 
 def _normalised(email: str) -> str:
@@ -374,6 +432,17 @@ def _checked(data: LeadIn) -> LeadIn:
         return LeadIn(**leadfields.clean_profile(dataclasses.asdict(data)))
     except leadfields.FieldError as error:
         raise InvalidField(error) from None
+
+
+def _same_owner(owner: tuple[str | None, str | None, str | None], raw: dict[str, Any], lead: Lead | None) -> bool:
+    """Whether a stored event's (lead key, email, anonymous id) is this event's sender:
+    its lead, or the address or visitor it had before it became that lead."""
+    key, email, anonymous_id = owner
+    if key is not None:
+        return lead is not None and lead.key == key
+    if email is not None:
+        return email == (lead.email if lead else raw.get("email"))
+    return anonymous_id in (raw.get("anonymous_id"), lead.anonymous_id if lead else None)
 
 
 def _failure_message(error: BaseException) -> str:
