@@ -1,7 +1,7 @@
 """What a lead's fields may hold: one validator for every door (CLI, HTTP API, CSV).
 
-Each check takes a value as it arrived and returns it cleaned (`country` upper-cased,
-the address in its canonical form) or raises FieldError naming the field and why.
+Each check takes a value as it arrived and returns it cleaned (codes trimmed, `country`
+upper-cased, the address in its canonical form) or raises FieldError naming the field and why.
 `nurture.service` runs `clean_profile` on every lead it stores, whichever door it
 came through; the CSV importer and the API also call the single-field checks so that
 their errors can name the line or the JSON field.
@@ -65,7 +65,7 @@ def check_email(value: str) -> str:
 
 
 def check_timezone(value: str) -> str:
-    check_text("timezone", value, TEXT_LIMITS["timezone"])
+    value = check_text("timezone", value, TEXT_LIMITS["timezone"]).strip()
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError, OSError):
@@ -74,13 +74,14 @@ def check_timezone(value: str) -> str:
 
 
 def check_locale(value: str) -> str:
-    check_text("locale", value, TEXT_LIMITS["locale"])
+    value = check_text("locale", value, TEXT_LIMITS["locale"]).strip()
     if not LOCALE.match(value):
         raise FieldError("locale", f"'{value}' is not a locale like fr or fr-FR")
     return value
 
 
 def check_country(value: str) -> str:
+    value = value.strip()
     if len(value) != 2 or not value.isascii() or not value.isalpha():
         raise FieldError("country", f"'{value}' is not a two-letter country code like FR")
     return value.upper()

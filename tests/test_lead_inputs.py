@@ -13,13 +13,14 @@ from nurture import crud
 from nurture.config import Settings
 from nurture.db import upgrade
 from nurture.importer import import_file
+from nurture.models import Event
 from nurture.leadfields import MAX_ATTRIBUTE_VALUE, MAX_ATTRIBUTES_BYTES
 from nurture.service import Nurture
 from nurture.temporal import start_dev_server, wait_for_server
 from nurture.timeskip import free_port
-from tests.conftest import Stack, make_settings
+from tests.conftest import Stack, _stack, make_settings
 from tests.test_api import AUTH, api  # noqa: F401  (api is a fixture)
-from tests.test_webhooks import serve
+from tests.test_webhooks import KEY, post, public_key, serve, sg
 
 
 def stored(stack, email: str):
@@ -154,3 +155,18 @@ async def test_sixty_concurrent_updates_of_one_lead_are_all_answered(strict_serv
 
     assert [r.status_code for r in responses] == [200] * 60, [r.text for r in responses if r.status_code != 200]
     assert stored(stack, "ann@acme.example").attributes == {f"k{i}": i for i in range(60)}
+
+
+async def test_nul_in_a_signed_webhook_batch_is_taken_out_not_a_500(temporal_env, tmp_path, postgres_url):
+    """PostgreSQL cannot keep a NUL in text; SendGrid would retry a refused batch for days."""
+    settings = make_settings(tmp_path, database_url=postgres_url, sendgrid_webhook_public_key=public_key(KEY))
+    async with _stack(temporal_env, settings) as stack, serve(stack) as http:
+        await stack.add("ann@acme.example")
+        response = await post(http, [sg("dropped", "ann@acme.example", sg_event_id="ab\x00cd", reason="Bounced\x00 Address",
+                                        campaign="b2b\x00")])
+
+        assert response.status_code == 200, response.text
+        with stack.session() as session:
+            event = session.get(Event, "sg:abcd")
+        assert event is not None and event.lead_key is not None
+        assert event.data["reason"] == "Bounced Address" and event.data["campaign"] == "b2b"
