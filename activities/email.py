@@ -33,7 +33,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from nurture import crud, outbox, security
-from nurture.addresses import InvalidAddress, canonical_email
+from nurture.addresses import fold_stored
 from nurture.config import Settings
 from nurture.db import session_scope
 from nurture.emails import Rendered, TemplateError, render_email
@@ -86,12 +86,12 @@ class EmailActivities:
 
     @activity.defn
     def send_email(self, inp: SendEmailInput) -> SendEmailResult:
-        try:
-            # Sent to, and checked against the suppression list as, the canonical
-            # address: never a spelling a mail library would "repair" into another.
-            inp = dataclasses.replace(inp, to=canonical_email(inp.to))
-        except InvalidAddress as error:
-            return SendEmailResult(status="suppressed", error=f"not a plain address: {error}")
+        # Sent to, and checked against the suppression list as, the canonical address
+        # (a journey started before migration 0003 may hold an older spelling).
+        to = fold_stored(inp.to)
+        if to is None:
+            return SendEmailResult(status="suppressed", error=f"not a plain address: {inp.to!r}")
+        inp = dataclasses.replace(inp, to=to)
         row = self._check_and_claim(inp)
         if isinstance(row, SendEmailResult):
             return row  # suppressed, or the outcome of an earlier attempt

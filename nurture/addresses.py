@@ -27,6 +27,7 @@ control character is refused.
 from __future__ import annotations
 
 import unicodedata
+from email.utils import parseaddr
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -64,3 +65,22 @@ def _shown(raw: str) -> str:
 def _reason(error: EmailNotValidError) -> str:
     text = str(error).rstrip(".")
     return text[:1].lower() + text[1:]
+
+
+def fold_stored(raw: str) -> str | None:
+    """The canonical form of an address stored, or held by a journey, from before this
+    module: as `canonical_email`, but a spelling that a mail library would have reduced
+    to one plain address (display name, angle brackets, comments, needless quotes) is
+    reduced the same way. None if it is not one mailbox (`a,b@example.com`). Never for
+    input: doors refuse those spellings."""
+    try:
+        return canonical_email(raw)
+    except InvalidAddress:
+        pass
+    local, at, domain = parseaddr(raw)[1].rpartition("@")
+    if len(local) > 2 and local[0] == local[-1] == '"':
+        local = local[1:-1]  # "jane"@d: the quotes change nothing
+    try:
+        return canonical_email(f"{local}@{domain}") if at else None
+    except InvalidAddress:
+        return None

@@ -9,11 +9,13 @@ import unicodedata
 import pytest
 from sqlmodel import select
 
-from nurture import crud, journey
+from nurture import crud, journey, security
 from nurture.importer import import_file
+from nurture.journey import LeadProfile
 from nurture.models import Lead
+from nurture.service import StoredLead
 from tests.test_api import AUTH
-from tests.test_webhooks import hook, lead_with_welcome, post, sg  # noqa: F401  (hook is a fixture)
+from tests.test_webhooks import DAY, hook, lead_with_welcome, post, sg  # noqa: F401  (hook is a fixture)
 
 NOT_PLAIN = ["<jane@globex.example>", "jane(x)@globex.example", "jane@globex.example>", '"jane"@globex.example',
              "Jane <jane@globex.example>", "jane,bob@globex.example", "jane@globex.example\r\nBcc: x@y.example"]
@@ -96,3 +98,29 @@ async def test_sendgrid_events_spelling_the_address_another_way_reach_the_lead(h
     assert stack.show(IDN)["status"] == "bounced" and stack.show(other)["status"] == "complained"
     with stack.session() as session:
         assert len(crud.emails_of(session=session, key=journey.lead_key(CANONICAL))) == 1
+
+
+async def test_the_send_activity_checks_and_mails_the_canonical_address(stack):
+    """Journeys started before 0003 still hold their lead's old spelling: the send
+    re-checks the suppression list under the canonical form, and mails that form."""
+    keys = {}
+    for legacy in ("<ann@acme.example>", "<bob@acme.example>"):
+        keys[legacy] = key = journey.lead_key(legacy)
+        with stack.session() as session:
+            session.add(Lead(key=key, email=legacy, state_version=1))
+        await stack.nurture.start_lead(StoredLead(key, LeadProfile(email=legacy, source="web_form"), created=True),
+                                       campaign="b2b-trial")
+    with stack.session() as session:
+        crud.suppress(session=session, email_hash=security.email_hash("ann@acme.example"), reason="forgotten")
+
+    def emails(legacy: str) -> list:
+        with stack.session() as session:
+            return list(crud.emails_of(session=session, key=keys[legacy]))
+
+    for _ in range(14):  # the welcome waits for the send window (weekday office hours)
+        if emails("<bob@acme.example>"):
+            break
+        for key in keys.values():
+            await stack.env.fast_forward(stack.client.get_workflow_handle(stack.settings.workflow_id(key)), DAY / 2)
+    assert [e.to for e in emails("<bob@acme.example>")] == ["bob@acme.example"]
+    assert emails("<ann@acme.example>") == []

@@ -6,7 +6,7 @@ import unicodedata
 
 import pytest
 
-from nurture.addresses import InvalidAddress, canonical_email
+from nurture.addresses import InvalidAddress, canonical_email, fold_stored
 from nurture.security import email_hash
 
 
@@ -66,3 +66,18 @@ def test_every_spelling_of_one_mailbox_has_one_suppression_hash() -> None:
                  "LÉA@xn--bcher-kva.example", " léa@XN--BCHER-KVA.EXAMPLE "]
 
     assert len({email_hash(spelling) for spelling in spellings}) == 1
+
+
+@pytest.mark.parametrize(("stored", "folded"), [
+    ("jane@globex.example", "jane@globex.example"),
+    ("<Jane@Globex.example>", "jane@globex.example"),
+    ("Jane Doe <jane@globex.example>", "jane@globex.example"),
+    ("jane(work)@globex.example", "jane@globex.example"),
+    ("jane@globex.example>", "jane@globex.example"),
+    ('"jane"@globex.example', "jane@globex.example"),
+    ("a,b@example.com", None),
+    ('"ja ne"@globex.example', None),
+    ("not an address", None),
+])
+def test_fold_stored_reduces_old_spellings_as_a_mail_library_did(stored, folded):
+    assert fold_stored(stored) == folded

@@ -27,13 +27,12 @@ Create Date: 2026-12-02 08:00:00
 """
 import hashlib
 import logging
-from email.utils import parseaddr
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
 
-from nurture.addresses import InvalidAddress, canonical_email
+from nurture.addresses import fold_stored as fold
 
 revision = '0003'
 down_revision = '0002'
@@ -46,21 +45,6 @@ STRICTNESS = ("subscribed", "unsubscribed", "bounced", "complained")
 STOPPING = {"email_unsubscribe": "unsubscribed", "email_bounce": "bounced", "email_spamreport": "complained"}
 PROFILE = ("first_name", "last_name", "company", "job_title", "company_size", "country", "timezone",
            "locale", "source", "anonymous_id", "consent_at")
-
-
-def fold(raw: str) -> str | None:
-    """The canonical form of a stored address, or None if it is not one mailbox."""
-    try:
-        return canonical_email(raw)
-    except InvalidAddress:
-        pass
-    local, at, domain = parseaddr(raw)[1].rpartition("@")
-    if len(local) > 2 and local[0] == local[-1] == '"':
-        local = local[1:-1]  # "jane"@d: the quotes change nothing
-    try:
-        return canonical_email(f"{local}@{domain}") if at else None
-    except InvalidAddress:
-        return None
 
 
 def _hash(address: str) -> str:
