@@ -26,6 +26,7 @@ control character is refused.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from email.utils import parseaddr
 
@@ -42,6 +43,13 @@ def canonical_email(raw: object) -> str:
     """The canonical form of `raw` (see the module docstring), or InvalidAddress."""
     if not isinstance(raw, str):
         raise InvalidAddress(f"invalid email address {raw!r}")
+    return _canonical(raw)
+
+
+@functools.lru_cache(maxsize=16384)
+def _canonical(raw: str) -> str:
+    # Cached: a webhook batch or an import names the same addresses again and again,
+    # and the validator costs tens of microseconds an address.
     text = raw.strip(" \t")
     if len(text) > MAX_EMAIL_CHARS * 4:  # bound the validator's work on junk
         raise InvalidAddress(f"invalid email address {_shown(raw)}: longer than {MAX_EMAIL_CHARS} characters")
