@@ -357,12 +357,26 @@ class Nurture:
     # ------------------------------------------------------------ reads (the store)
 
     def _lead(self, email: str) -> Lead:
-        address = _normalised(email)
+        try:
+            address = _normalised(email)
+        except InvalidField:
+            # A row migration 0003 could not fold keeps its old spelling: it can still
+            # be shown and forgotten by that spelling (never created or mailed).
+            legacy = self._legacy_lead(email)
+            if legacy is None:
+                raise
+            return legacy
         with self.session() as session:
             lead = crud.get_lead(session=session, email=address)
         if lead is None:
             raise NotFound(f"{address}: no such lead")
         return lead
+
+    def _legacy_lead(self, email: str) -> Lead | None:
+        if not isinstance(email, str) or "\x00" in email:
+            return None
+        with self.session() as session:
+            return crud.get_lead(session=session, email=email.strip().lower())
 
     def show(self, email: str) -> dict[str, Any]:
         lead = self._lead(email)

@@ -13,7 +13,7 @@ from nurture import crud, journey, security
 from nurture.importer import import_file
 from nurture.journey import LeadProfile
 from nurture.models import Lead
-from nurture.service import StoredLead
+from nurture.service import InvalidField, StoredLead
 from tests.test_api import AUTH
 from tests.test_webhooks import DAY, hook, lead_with_welcome, post, sg  # noqa: F401  (hook is a fixture)
 
@@ -124,3 +124,18 @@ async def test_the_send_activity_checks_and_mails_the_canonical_address(stack):
             await stack.env.fast_forward(stack.client.get_workflow_handle(stack.settings.workflow_id(key)), DAY / 2)
     assert [e.to for e in emails("<bob@acme.example>")] == ["bob@acme.example"]
     assert emails("<ann@acme.example>") == []
+
+
+async def test_a_row_0003_could_not_fold_can_still_be_shown_and_forgotten(stack):
+    with stack.session() as session:  # as 0003 left it, its journey running
+        session.add(Lead(key="k-comma", email="a,b@example.com", state_version=1))
+    await stack.nurture.start_lead(StoredLead("k-comma", LeadProfile(email="a,b@example.com"), created=True))
+
+    assert stack.show("a,b@example.com")["email"] == "a,b@example.com"
+    await stack.nurture.forget("A,B@example.com")
+
+    with stack.session() as session:
+        assert crud.get_lead_by_key(session=session, key="k-comma").email is None
+        assert crud.is_suppressed(session=session, email_hash=security.stored_email_hash("a,b@example.com"))
+    with pytest.raises(InvalidField):
+        stack.show("c,d@example.com")  # not stored that way: refused as at every door
