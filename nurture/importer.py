@@ -354,7 +354,7 @@ def _company_size(value: str) -> int | str:
 def _check_attributes(parsed: Parsed) -> None:
     """The row's attribute cells within the bounds; the column named as the header does."""
     try:
-        leadfields.check_attributes(parsed.attributes, field="attributes")
+        leadfields.check_attributes(parsed.attributes)
     except leadfields.FieldError as error:
         column = error.field.removeprefix("attributes.") if error.field.startswith("attributes.") else "row"
         parsed.problems.append((column, error.message))

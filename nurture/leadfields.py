@@ -124,21 +124,23 @@ def check_field(field: str, value: Any) -> Any:
     return check_text(field, value, TEXT_LIMITS.get(field))
 
 
-def check_attributes(attributes: Mapping[str, Any], *, field: str = "attributes") -> dict[str, Any]:
+def check_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
     """A lead's attributes (given, or merged with the stored ones) within the bounds."""
     if len(attributes) > MAX_ATTRIBUTES:
-        raise FieldError(field, f"{len(attributes)} attributes, more than {MAX_ATTRIBUTES}")
+        raise FieldError("attributes", f"{len(attributes)} attributes, more than {MAX_ATTRIBUTES}")
     for key, value in attributes.items():
         if not isinstance(key, str) or not key.strip():
-            raise FieldError(field, "an attribute name is empty")
-        check_text(f"{field}.{key[:MAX_ATTRIBUTE_KEY]}", key, MAX_ATTRIBUTE_KEY)
+            raise FieldError("attributes", "an attribute name is empty")
+        check_text("attributes", key)
+        if len(key) > MAX_ATTRIBUTE_KEY:
+            raise FieldError("attributes", f"attribute name '{key[:20]}...' longer than {MAX_ATTRIBUTE_KEY} characters")
         if isinstance(value, str):
-            check_text(f"{field}.{key}", value, MAX_ATTRIBUTE_VALUE)
+            check_text(f"attributes.{key}", value, MAX_ATTRIBUTE_VALUE)
         elif value is not None and not isinstance(value, (bool, int, float)):
-            raise FieldError(f"{field}.{key}", "must be text, a number, true/false or null")
+            raise FieldError(f"attributes.{key}", "must be text, a number, true/false or null")
     size = len(json.dumps(dict(attributes), ensure_ascii=False).encode())
     if size > MAX_ATTRIBUTES_BYTES:
-        raise FieldError(field, f"{size:,} bytes of attributes in all, more than {MAX_ATTRIBUTES_BYTES:,}")
+        raise FieldError("attributes", f"{size:,} bytes of attributes in all, more than {MAX_ATTRIBUTES_BYTES:,}")
     return dict(attributes)
 
 

@@ -14,7 +14,7 @@ from nurture.config import Settings
 from nurture.db import upgrade
 from nurture.importer import import_file
 from nurture.models import Event
-from nurture.leadfields import MAX_ATTRIBUTE_VALUE, MAX_ATTRIBUTES_BYTES
+from nurture.leadfields import MAX_ATTRIBUTE_VALUE, MAX_ATTRIBUTES_BYTES, FieldError, check_attributes
 from nurture.service import Nurture
 from nurture.temporal import start_dev_server, wait_for_server
 from nurture.timeskip import free_port
@@ -170,3 +170,15 @@ async def test_nul_in_a_signed_webhook_batch_is_taken_out_not_a_500(temporal_env
             event = session.get(Event, "sg:abcd")
         assert event is not None and event.lead_key is not None
         assert event.data["reason"] == "Bounced Address" and event.data["campaign"] == "b2b"
+
+
+@pytest.mark.parametrize(("attributes", "field", "says"), [
+    ({"k" * 65: "v"}, "attributes", "attribute name 'kkkkkkkkkkkkkkkkkkkk...' longer than 64 characters"),
+    ({" ": "v"}, "attributes", "an attribute name is empty"),
+    ({"plan": ["pro"]}, "attributes.plan", "must be text, a number, true/false or null"),
+    ({"plan": "x" * 1001}, "attributes.plan", "longer than 1000 characters"),
+])
+def test_attribute_bounds_name_what_is_wrong(attributes, field, says):
+    with pytest.raises(FieldError) as caught:
+        check_attributes(attributes)
+    assert (caught.value.field, caught.value.message) == (field, says)
