@@ -41,7 +41,8 @@ depends_on = None
 
 log = logging.getLogger("alembic.runtime.migration")
 STRICTNESS = ("subscribed", "unsubscribed", "bounced", "complained")
-# Unmatched events that stop email (journey.SUPPRESSING_EVENTS, as of this revision).
+# Unmatched events that stop email, with the status they set; a drop is left out:
+# whether it stops email depends on its reason.
 STOPPING = {"email_unsubscribe": "unsubscribed", "email_bounce": "bounced", "email_spamreport": "complained"}
 PROFILE = ("first_name", "last_name", "company", "job_title", "company_size", "country", "timezone",
            "locale", "source", "anonymous_id", "consent_at")
