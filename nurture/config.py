@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-EMBEDDED_TEMPORAL_ADDRESS = "127.0.0.1:7233"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class Settings(BaseSettings):
@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     # lead next engages. 0 picks by runner (sandboxed journeys cost more memory each).
     workflow_cache: int = 0
     http_port: int = 8000
+    # Ports of the embedded dev server of `nurture up`; taken ones are an error (nurture.ports).
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    # Host header values the HTTP server answers (comma-separated, any port); unset: the
+    # host of NURTURE_PUBLIC_URL and loopback. Anything else gets 400, so a page of another
+    # site cannot read the dashboard through DNS rebinding.
+    allowed_hosts: str | None = None
 
     @field_validator("public_url")
     @classmethod
@@ -64,7 +71,16 @@ class Settings(BaseSettings):
 
     @property
     def temporal_target(self) -> str:
-        return self.temporal_address or EMBEDDED_TEMPORAL_ADDRESS
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        """Lower-case host names (no port, IPv6 without brackets) the Host header may name."""
+        from urllib.parse import urlsplit
+
+        listed = [name.strip() for name in self.allowed_hosts.split(",")] if self.allowed_hosts else LOOPBACK_HOSTS
+        public = urlsplit(self.public_url).hostname
+        return frozenset(name.lower().strip("[]") for name in (*listed, public or "") if name)
 
     def workflow_id(self, key: str) -> str:
         from nurture.journey import workflow_id

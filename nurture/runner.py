@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from typing import Any
 
 from rich.console import Console
 
+from nurture import ports
 from nurture.config import Settings
 from nurture.db import upgrade
 from nurture.temporal import DevServer, TemporalUnavailable, connect, start_dev_server, wait_for_server
@@ -41,15 +43,21 @@ async def _serve_worker(client: Any, settings: Settings, stop: asyncio.Event) ->
         await dispatcher
 
 
-async def _serve_api(settings: Settings, stop: asyncio.Event, client: Any | None) -> None:
+def _bind_http(settings: Settings) -> socket.socket:
+    """The API's socket, bound before anything is announced: a taken port is one line and
+    exit 3, not "up" followed by uvicorn's traceback."""
+    return ports.bind(settings.http_port, "HTTP API", "NURTURE_HTTP_PORT")
+
+
+async def _serve_api(settings: Settings, stop: asyncio.Event, client: Any | None, sock: socket.socket) -> None:
     import uvicorn
 
     from nurture.api import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, client), host="127.0.0.1",
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, client), host=ports.HOST,
                                            port=settings.http_port, log_level="warning", lifespan="on"))
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # ours handle Ctrl-C
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     await _until(stop, task)
     server.should_exit = True
     await task
@@ -71,27 +79,70 @@ def _migrate(settings: Settings) -> None:
         raise TemporalUnavailable(f"database {settings.db_url.split('@')[-1]}: {str(error).splitlines()[0]}") from error
 
 
+def _home(settings: Settings) -> None:
+    """NURTURE_HOME holds the store, the signing secret and every email sent: only its
+    owner may enter (a home made 0755 by an older version is closed too)."""
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(PermissionError):  # not ours to close: run as it is
+        settings.home.chmod(0o700)
+
+
+async def _embedded_temporal(settings: Settings) -> tuple[DevServer, Any]:
+    """The dev server we start, on ports checked free first; never another one."""
+    ports.ensure_free(settings.temporal_port, "Temporal gRPC", "NURTURE_TEMPORAL_PORT")
+    ports.ensure_free(settings.temporal_ui_port, "Temporal UI", "NURTURE_TEMPORAL_UI_PORT")
+    server = start_dev_server(settings.home, port=settings.temporal_port, ui_port=settings.temporal_ui_port)
+    try:
+        return server, await wait_for_server(settings, server)
+    except BaseException:
+        server.stop()
+        raise
+
+
+def off_lines(settings: Settings) -> list[str]:
+    """What is off for want of a setting, one line each, said at start rather than at the
+    first refused request."""
+    lines = []
+    if not settings.api_key_list:
+        lines.append("off: the /v1 API refuses every request; set NURTURE_API_KEYS to turn it on")
+    if not settings.sendgrid_webhook_public_key:
+        lines.append("off: SendGrid events (POST /webhooks/sendgrid) are refused; "
+                     "set NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY to turn them on")
+    return lines
+
+
+def _print_off(settings: Settings, console: Console) -> None:
+    for line in off_lines(settings):
+        console.print(f"  {line}", markup=False, soft_wrap=True)
+
+
 async def run_up(settings: Settings, console: Console) -> None:
+    _home(settings)
     _migrate(settings)
     stop = _stop_event()
     server: DevServer | None = None
-    if settings.temporal_address:
-        client = await connect(settings)
-        ui = "(the cluster's own UI)"
-    else:
-        server = start_dev_server(settings.home)
-        client = await wait_for_server(settings, server)
-        ui = server.ui_url
+    sock = _bind_http(settings)
+    try:
+        if settings.temporal_address:
+            client = await connect(settings)
+            ui = "(the cluster's own UI)"
+        else:
+            server, client = await _embedded_temporal(settings)
+            ui = server.ui_url
+    except BaseException:
+        sock.close()
+        raise
     console.print("[bold green]nurture is up[/bold green]")
-    console.print(f"  HTTP API     http://127.0.0.1:{settings.http_port}  (dashboard at /, health at /healthz)")
-    console.print(f"  Temporal UI  {ui}")
-    console.print(f"  Temporal     {settings.temporal_target if settings.temporal_address else server.address}"
-                  f"  namespace {settings.temporal_namespace}, task queue {settings.task_queue}")
-    console.print(f"  database     {settings.db_url.split('@')[-1]}")
-    console.print(f"  email        {'SendGrid ' + settings.sendgrid_api_host if settings.sendgrid_api_key else 'local outbox ' + str(settings.outbox_dir)}")
+    console.print(f"  HTTP API     http://{ports.HOST}:{settings.http_port}  (dashboard at /, health at /healthz)", soft_wrap=True)
+    console.print(f"  Temporal UI  {ui}", soft_wrap=True)
+    console.print(f"  Temporal     {settings.temporal_target}"
+                  f"  namespace {settings.temporal_namespace}, task queue {settings.task_queue}", soft_wrap=True)
+    console.print(f"  database     {settings.db_url.split('@')[-1]}", soft_wrap=True)
+    console.print(f"  email        {'SendGrid ' + settings.sendgrid_api_host if settings.sendgrid_api_key else 'local outbox ' + str(settings.outbox_dir)}", soft_wrap=True)
+    _print_off(settings, console)
     console.print("Ctrl-C stops all.")
     try:
-        await asyncio.gather(_serve_worker(client, settings, stop), _serve_api(settings, stop, client))
+        await asyncio.gather(_serve_worker(client, settings, stop), _serve_api(settings, stop, client, sock))
     finally:
         if server is not None:
             server.stop()
@@ -99,6 +150,7 @@ async def run_up(settings: Settings, console: Console) -> None:
 
 
 async def run_worker(settings: Settings, console: Console) -> None:
+    _home(settings)
     _migrate(settings)
     stop = _stop_event()
     client = await connect(settings)
@@ -107,7 +159,10 @@ async def run_worker(settings: Settings, console: Console) -> None:
 
 
 async def run_api(settings: Settings, console: Console) -> None:
+    _home(settings)
     _migrate(settings)
     stop = _stop_event()
-    console.print(f"HTTP API on http://127.0.0.1:{settings.http_port}; Ctrl-C stops")
-    await _serve_api(settings, stop, None)
+    sock = _bind_http(settings)
+    console.print(f"HTTP API on http://{ports.HOST}:{settings.http_port}; Ctrl-C stops")
+    _print_off(settings, console)
+    await _serve_api(settings, stop, None, sock)

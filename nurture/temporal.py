@@ -47,8 +47,16 @@ def temporal_binary() -> str:
 @dataclass
 class DevServer:
     process: subprocess.Popen[bytes]
-    address: str
-    ui_url: str
+    port: int
+    ui_port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.ui_port}"
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -63,7 +71,7 @@ def start_dev_server(home: Path, *, port: int = 7233, ui_port: int = 8233, persi
                      extra: list[str] | None = None) -> DevServer:
     """The full Temporal server; with `persist`, its SQLite file under NURTURE_HOME keeps
     journeys across restarts. Its log goes to NURTURE_HOME/temporal.log."""
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     storage = ["--db-filename", str(home / "temporal.db")] if persist else []
     with open(home / "temporal.log", "ab") as log:
         process = subprocess.Popen(
