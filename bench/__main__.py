@@ -1,4 +1,7 @@
-"""`python -m bench [--quick]`: nurture's figures as one JSON document on stdout.
+"""`python -m bench [--quick] [--cli]`: nurture's figures as one JSON document on stdout.
+
+`--cli` measures only the command line's read commands (no Temporal needed: they answer
+from the store, and the phase points them at a closed port to prove they never call it).
 
 Everything runs on this machine: an in-memory Temporal dev server, workers and the
 HTTP API as separate processes (as in production), a local fake SendGrid on loopback.
@@ -333,6 +336,70 @@ def _run_import(rig: Rig, rows: int) -> tuple[float, float]:
     return rows / elapsed, usage.ru_maxrss / 1024
 
 
+CLI_READS = {  # command -> argv after `nurture`
+    "lead show": ["lead", "show", "lead7@bench.example"],
+    "lead show --json": ["lead", "show", "lead7@bench.example", "--json"],
+    "lead list": ["lead", "list"],
+    "campaign list": ["campaign", "list"],
+    "handoff list": ["handoff", "list"],
+    "outbox": ["outbox"],
+}
+
+
+def cli_phase(runs: int, leads: int) -> dict[str, Any]:
+    """Median and p95 wall time (ms) of each read command, each run as a subprocess the
+    way a user runs it, against a store with `leads` leads, their history, emails and
+    handoffs. A command this version does not have (exit 2) is left out."""
+    home = Path(tempfile.mkdtemp(prefix="nurture-bench-cli-"))
+    try:
+        env = {**os.environ, "NURTURE_HOME": str(home), "NURTURE_DATABASE_URL": f"sqlite:///{home / 'nurture.db'}",
+               "NURTURE_CAMPAIGNS_DIR": str(ROOT / "campaigns"), "NURTURE_TEMPLATES_DIR": str(ROOT / "templates" / "email"),
+               "NURTURE_TEMPORAL_ADDRESS": "127.0.0.1:9", "NURTURE_SECRET": "bench-secret"}
+        seed_store(env["NURTURE_DATABASE_URL"], leads)
+        figures: dict[str, Any] = {"cli_params": {"runs": runs, "leads": leads}}
+        for name, argv in CLI_READS.items():
+            timings = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                done = subprocess.run([sys.executable, "-m", "nurture.cli", *argv], env=env, cwd=str(ROOT),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                timings.append((time.perf_counter() - started) * 1000)
+                if done.returncode != 0:
+                    break
+            if done.returncode == 2:
+                log(f"cli: `nurture {name}` does not exist here, skipped")
+                continue
+            if done.returncode != 0:
+                raise RuntimeError(f"nurture {name} exited {done.returncode}: {done.stderr.strip()}")
+            figures[f"cli_{name.replace(' --', '_').replace(' ', '_')}_ms"] = {
+                "p50": statistics.median(timings), "p95": percentile(timings, 0.95)}
+            log(f"cli: nurture {name}: median {statistics.median(timings):.0f} ms")
+        return figures
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def seed_store(url: str, leads: int) -> None:
+    """Leads with a few history lines each, one outbox email per lead, a handoff per tenth."""
+    from nurture import journey
+    from nurture.db import session_scope, upgrade
+    from nurture.models import Email, Handoff, History, Lead
+
+    upgrade(url)
+    with session_scope(url) as session:
+        for index in range(leads):
+            email = f"lead{index}@bench.example"
+            key = journey.lead_key(email)
+            session.add(Lead(key=key, email=email, first_name=f"Lead{index}", company="Globex", source="bench",
+                             score=index % 60, campaign="b2b-trial", step="welcome"))
+            session.add_all(History(lead_key=key, seq=seq, kind="score", delta=5, reason="email_click", score=5 * seq)
+                            for seq in range(1, 6))
+            session.add(Email(send_id=f"send-{index}", lead_key=key, to=email, campaign="b2b-trial", step="welcome",
+                              template="welcome", subject="Welcome", status="sent"))
+            if index % 10 == 0:
+                session.add(Handoff(lead_key=key, email=email, owner="alice@acme.example", score=60, grade="B"))
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (N=300, 1,000 rows, 1,000 waiting leads)")
@@ -340,7 +407,14 @@ async def main() -> None:
                         help="worker processes against the one dev server (footprint is the first one's)")
     parser.add_argument("--footprint-budget", type=float, default=180.0,
                         help="seconds allowed for parking leads in the footprint phase")
+    parser.add_argument("--cli", action="store_true",
+                        help="only the CLI phase: median and p95 of each read command (no Temporal)")
+    parser.add_argument("--cli-runs", type=int, default=10, help="runs of each read command in the CLI phase")
     options = parser.parse_args()
+    if options.cli:
+        figures = cli_phase(options.cli_runs, 1000)
+        sys.stdout.write(json.dumps(figures, indent=2, default=lambda v: round(v, 1)) + "\n")
+        return
     sizes = QUICK if options.quick else FULL
     home = Path(tempfile.mkdtemp(prefix="nurture-bench-"))
     from nurture.db import upgrade

@@ -6,7 +6,6 @@ cannot be reached. Errors are one line on stderr, never a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -68,6 +67,8 @@ def finish(code: int = 0) -> NoReturn:
 
 def run(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     """Run async work, mapping our errors to exit codes and one-line messages."""
+    import asyncio  # here, not at the top: read commands never run async work
+
     from sqlalchemy.exc import DBAPIError
 
     from nurture.campaign import CampaignError
@@ -103,17 +104,27 @@ def cfg() -> Settings:
 
 
 def service() -> Any:
-    from nurture.db import upgrade
+    """The service over a store at the schema this version uses. Only `up`, `worker`,
+    `api` and `db upgrade` migrate; other commands refuse a store at another revision
+    (exit 1) and give a brand-new one its tables (nurture.db.ensure_schema)."""
+    from nurture.db import SchemaMismatch, ensure_schema
     from nurture.service import Nurture
 
     settings = cfg()
-    upgrade_quietly(settings, upgrade)
+    try:
+        upgrade_quietly(settings, ensure_schema)
+    except SchemaMismatch as error:
+        fail(str(error), 1)
     return Nurture(settings)
 
 
 def upgrade_quietly(settings: Settings, upgrade: Callable[[str], None]) -> None:
+    from nurture.db import SchemaMismatch
+
     try:
         upgrade(settings.db_url)
+    except SchemaMismatch:
+        raise
     except Exception as error:  # the database itself cannot be reached
         fail(f"database {settings.db_url.split('@')[-1]}: {store_reason(error)}", 3)
 
@@ -627,6 +638,9 @@ def main(argv: list[str] | None = None) -> None:
     from typer import Abort, Exit, TyperException
     from typer._click.exceptions import NoArgsIsHelpError
 
+    # NURTURE_HOME holds the store, the signing secret and every email sent: what this
+    # process creates (and the dev server it starts) is for its owner only.
+    os.umask(0o077)
     try:
         result = app(args=argv, prog_name="nurture", standalone_mode=False)
         code = result if isinstance(result, int) else 0

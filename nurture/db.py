@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported only where migrations run (`up`, `worker`, `api`, `db upgrade`, a
+# brand-new store): it costs ~0.3 s, more than a read command's whole budget.
 MIGRATIONS = Path(__file__).parent / "migrations"
+REVISION_LINE = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
+
+
+class SchemaMismatch(Exception):
+    """The store's schema is not the one this version of nurture uses (CLI exit 1)."""
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -51,6 +62,8 @@ def session_scope(url: str) -> Iterator[Session]:
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -59,6 +72,8 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str) -> None:
     """Bring the schema to the newest revision (idempotent)."""
+    from alembic import command
+
     get_engine(url)  # creates the SQLite folder if needed
     command.upgrade(alembic_config(url), "head")
 
@@ -74,3 +89,44 @@ def reclaim_erased(url: str) -> bool:
         connection.exec_driver_sql("VACUUM")
         busy, _, _ = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
     return busy == 0
+
+
+def head_revision() -> str:
+    """The newest migration's id, from the `revision` / `down_revision` lines of the
+    migration files (the one revision no other names as its parent)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        for name, value in REVISION_LINE.findall(path.read_text()):
+            parsed = ast.literal_eval(value.strip())
+            if name == "revision":
+                revisions.add(parsed)
+            else:
+                parents.update([parsed] if isinstance(parsed, str) else parsed or ())
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise SchemaMismatch(f"the migrations in {MIGRATIONS} have {len(heads)} heads; expected one")
+    return heads.pop()
+
+
+def current_revision(url: str) -> str | None:
+    """The store's Alembic revision; None for a store without nurture's tables."""
+    engine = get_engine(url)
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def ensure_schema(url: str) -> None:
+    """For commands that do not migrate (all but `up`, `worker`, `api`, `db upgrade`): a
+    brand-new store gets its tables, as there is nothing to migrate; a store at another
+    revision is SchemaMismatch, so a read never changes a schema behind a running server."""
+    current, head = current_revision(url), head_revision()
+    if current == head:
+        return
+    if current is None and not inspect(get_engine(url)).get_table_names():
+        upgrade(url)
+        return
+    raise SchemaMismatch(f"database {url.split('@')[-1]} is at schema revision {current or 'none'}, this nurture "
+                         f"needs {head}: run `nurture db upgrade`")

@@ -14,19 +14,9 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
-from temporalio.client import (
-    Client,
-    WithStartWorkflowOperation,
-    WorkflowUpdateFailedError,
-    WorkflowUpdateRPCTimeoutOrCancelledError,
-)
-from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
-from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.service import RPCError, RPCStatusCode
 
 from nurture import crud, journey, leadfields, security
 from nurture.config import Settings
@@ -34,18 +24,15 @@ from nurture.db import reclaim_erased, session_scope
 from nurture.journey import LeadEvent, LeadProfile
 from nurture.models import Event, Lead, as_utc, utcnow
 from nurture.temporal import TemporalUnavailable, connect
-from workflows.lead import (
-    BantInput,
-    EnrollRequest,
-    EventsInput,
-    ForgetInput,
-    HandoffOutcome,
-    LeadInput,
-    LeadResult,
-    LeadWorkflow,
-    ProfileUpdate,
-    RescoreInput,
-)
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from workflows.lead import LeadResult
+
+# temporalio and the workflow module are imported in the methods that call Temporal:
+# together they cost ~0.5 s of CPU, which the CLI's read commands (`lead show`, answered
+# from the store) must not pay.
 
 EVENT_FIELDS = ("url", "asset", "form", "event", "campaign", "step")
 UPDATES_PER_LEAD = 4  # at once from one process: below Temporal's 10, room for the others
@@ -165,16 +152,22 @@ class Nurture:
 
     async def start_lead(self, stored: StoredLead, *, campaign: str | None = None) -> LeadResult:
         """Hand a stored lead to its workflow (started if new), waiting for the result."""
+        from workflows.lead import LeadWorkflow, ProfileUpdate
+
         return await self._update(stored.key, LeadWorkflow.upsert_profile,
                                   ProfileUpdate(profile=stored.profile, created=stored.created, campaign=campaign),
                                   profile=stored.profile)
 
     async def enroll(self, email: str, campaign: str, *, switch: bool = False) -> LeadResult:
+        from workflows.lead import EnrollRequest, LeadWorkflow
+
         lead = self._lead(email)
         return await self._update(lead.key, LeadWorkflow.enroll, EnrollRequest(campaign=campaign, switch=switch))
 
     async def record_event(self, email: str, type_: str, *, at: datetime | None = None,
                            event_id: str | None = None, **fields: Any) -> LeadResult:
+        from workflows.lead import EventsInput, LeadWorkflow
+
         lead = self._lead(email)
         event, _ = self.store_event(lead=lead, type_=type_, at=at, event_id=event_id, fields=fields)
         result = await self._update(lead.key, LeadWorkflow.record_events, EventsInput([event]))
@@ -188,6 +181,8 @@ class Nurture:
         Events of an unknown visitor (`anonymous_id`) are kept; they count once a lead
         is created with that id. Events for an unknown email are kept unmatched.
         """
+        from workflows.lead import EventsInput, LeadWorkflow
+
         per_lead: dict[str, list[LeadEvent]] = {}
         anonymous = duplicates = 0
         unknown: list[str] = []
@@ -271,6 +266,8 @@ class Nurture:
         return event, fresh
 
     async def set_bant(self, email: str, bant: dict[str, bool | None]) -> LeadResult:
+        from workflows.lead import BantInput, LeadWorkflow
+
         if not bant:
             raise UserError("bant: give at least one of --budget, --authority, --need, --timing")
         lead = self._lead(email)
@@ -278,6 +275,12 @@ class Nurture:
 
     async def forget(self, email: str) -> None:
         """Stop the journey, erase personal data, keep only a hash so it is never mailed again."""
+        from temporalio.api.common.v1 import WorkflowExecution
+        from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
+        from temporalio.service import RPCError
+
+        from workflows.lead import ForgetInput, LeadWorkflow
+
         lead = self._lead(email)
         address = lead.email or email
         await self._update(lead.key, LeadWorkflow.forget, ForgetInput())
@@ -307,6 +310,8 @@ class Nurture:
     async def rescore(self, email: str) -> LeadResult:
         """Recompute one lead's score from its stored events under the funnel in force;
         `message` is the history line written, None when the score did not change."""
+        from workflows.lead import LeadWorkflow, RescoreInput
+
         lead = self._lead(email)
         return await self._update(lead.key, LeadWorkflow.rescore, RescoreInput())
 
@@ -346,6 +351,8 @@ class Nurture:
     # ------------------------------------------------------------ handoffs
 
     async def handoff_action(self, handoff_id: int, outcome: str, reason: str | None = None) -> LeadResult:
+        from workflows.lead import HandoffOutcome, LeadWorkflow
+
         with self.session() as session:
             # Past the id column's range no handoff can exist (and the database would refuse the query).
             handoff = crud.get_handoff(session=session, handoff_id=handoff_id) if 0 < handoff_id <= MAX_ID else None
@@ -393,6 +400,8 @@ class Nurture:
         not refused after its data was stored: from this process at most
         UPDATES_PER_LEAD run at once and the others queue; one turned away all the same
         (other processes) is tried again, all within the update timeout."""
+        from temporalio.service import RPCError, RPCStatusCode
+
         client = await self.client()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.update_timeout
@@ -412,6 +421,15 @@ class Nurture:
 
     async def _update_once(self, client: Client, key: str, update: Any, arg: Any, profile: LeadProfile | None,
                            timeout: float) -> LeadResult:
+        from temporalio.client import (
+            WithStartWorkflowOperation,
+            WorkflowUpdateFailedError,
+            WorkflowUpdateRPCTimeoutOrCancelledError,
+        )
+        from temporalio.common import WorkflowIDConflictPolicy
+
+        from workflows.lead import LeadInput, LeadResult, LeadWorkflow
+
         start = WithStartWorkflowOperation(
             LeadWorkflow.run,
             LeadInput(key=key, profile=profile, sales_sender=self.settings.sales_sender,

@@ -8,12 +8,15 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-from temporalio.client import Client
-from nurture.converter import data_converter
-from temporalio.service import RPCError, TLSConfig
+from typing import TYPE_CHECKING
 
 from nurture.config import Settings
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+# temporalio is imported inside `connect`: it costs ~0.25 s of CPU, and the CLI's read
+# commands (which answer from the store) import this module only for its errors.
 
 
 class TemporalUnavailable(Exception):
@@ -21,6 +24,11 @@ class TemporalUnavailable(Exception):
 
 
 async def connect(settings: Settings, *, target: str | None = None) -> Client:
+    from temporalio.client import Client
+    from temporalio.service import RPCError, TLSConfig
+
+    from nurture.converter import data_converter
+
     address = target or settings.temporal_target
     try:
         return await asyncio.wait_for(Client.connect(
@@ -79,18 +87,35 @@ def start_dev_server(home: Path, *, port: int = 7233, ui_port: int = 8233, persi
              "--ui-port", str(ui_port), "--log-level", "warn", *(extra or [])],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
-    return DevServer(process, f"127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}")
+    return DevServer(process, port, ui_port)
 
 
 async def wait_for_server(settings: Settings, server: DevServer, timeout: float = 30) -> Client:
+    """A client of the dev server we started, once it answers; never of another server
+    that happens to answer on its port (see nurture.ports)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        if server.process.poll() is not None:
-            raise TemporalUnavailable(f"the Temporal dev server exited (see {settings.home / 'temporal.log'})")
+        _check_alive(settings, server)
         try:
-            return await connect(settings, target=server.address)
+            client = await connect(settings, target=server.address)
         except TemporalUnavailable:
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.3)
+            continue
+        _check_alive(settings, server)
+        _check_owner(server)
+        return client
 
+
+def _check_alive(settings: Settings, server: DevServer) -> None:
+    if server.process.poll() is not None:
+        raise TemporalUnavailable(f"the Temporal dev server exited (see {settings.home / 'temporal.log'})")
+
+
+def _check_owner(server: DevServer) -> None:
+    from nurture.ports import PortInUse, owned_by
+
+    if owned_by(server.port, server.process.pid) is False:
+        server.stop()
+        raise PortInUse(server.port, "Temporal gRPC", "NURTURE_TEMPORAL_PORT")
