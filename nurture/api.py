@@ -165,7 +165,7 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
     app.state.settings = settings
     _install_errors(app)
     _install_body_limit(app)
-
+    _install_host_check(app, settings.allowed_host_names)  # added last: runs first
 
     @app.get("/healthz")
     def healthz() -> dict[str, bool]:
@@ -298,6 +298,10 @@ def _install_body_limit(app: FastAPI) -> None:
 
     @app.middleware("http")
     async def limit(request: Request, call_next: Any) -> Any:
+        if request.url.path == webhooks.PATH and request.method == "POST":
+            refused = webhooks.refuse_early(request)  # unsigned or malformed: the body stays unread
+            if refused is not None:
+                return refused
         limit_ = MAX_WEBHOOK_BODY if request.url.path.startswith("/webhooks/") else MAX_BODY
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit_):
@@ -310,3 +314,24 @@ def _install_body_limit(app: FastAPI) -> None:
                     return JSONResponse({"error": f"body larger than {limit_} bytes", "field": None}, status_code=413)
             request._body = bytes(received)  # starlette reads the cached body downstream
         return await call_next(request)
+
+
+def _install_host_check(app: FastAPI, allowed: frozenset[str]) -> None:
+    """400 for a Host header naming none of our hosts (NURTURE_ALLOWED_HOSTS): through DNS
+    rebinding, a page of another site whose name resolves to 127.0.0.1 would otherwise
+    read the dashboard and the API from the user's own browser."""
+
+    @app.middleware("http")
+    async def host(request: Request, call_next: Any) -> Any:
+        if "*" not in allowed and host_name(request.headers.get("host", "")) not in allowed:
+            return JSONResponse({"error": "this server does not answer for that Host (see NURTURE_ALLOWED_HOSTS)",
+                                 "field": "host"}, status_code=400)
+        return await call_next(request)
+
+
+def host_name(header: str) -> str:
+    """The host of a Host header, lower-case, without its port: `[::1]:8000` -> `::1`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else ""
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header

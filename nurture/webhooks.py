@@ -27,9 +27,11 @@ import binascii
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -49,9 +51,15 @@ from nurture.models import Counter, Email, Event, Lead, sqlite_time, utcnow
 log = logging.getLogger("nurture.webhooks")
 router = APIRouter()
 
+PATH = "/webhooks/sendgrid"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 MAX_SKEW = 600  # seconds either way: older signed requests are replays
+# What the two headers look like when SendGrid sends them: a Unix time in seconds, and a
+# base64 DER ECDSA P-256 signature (about 96 characters). Anything else is refused
+# before the body is read, and a 5000-digit "time" never reaches float arithmetic.
+TIMESTAMP_FORM = re.compile(r"[0-9]{1,12}")
+SIGNATURE_FORM = re.compile(r"[A-Za-z0-9+/]{16,256}={0,2}")
 SOFT_BOUNCES = 3  # sends that soft-failed for one address before it counts as bounced
 CHUNK = 500  # ids per IN (...) query
 
@@ -82,13 +90,14 @@ def _error(status: int, message: str, field_: str | None = None) -> JSONResponse
     return JSONResponse({"error": message, "field": field_}, status_code=status)
 
 
-@router.post("/webhooks/sendgrid")
+@router.post(PATH)
 async def sendgrid_events(request: Request) -> JSONResponse:
     """SendGrid Signed Event Webhook: a JSON array of events, stored before the 200."""
     settings: Settings = request.app.state.settings
-    body = await request.body()
     try:
-        _verify(settings, body, request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER))
+        check_entrance(settings, request.headers)
+        body = await request.body()
+        _verify(settings, body, request.headers[SIGNATURE_HEADER], request.headers[TIMESTAMP_HEADER])
         events = _parse(body)
         counts = await asyncio.to_thread(store_batch, settings, events)
     except Refused as refused:
@@ -111,25 +120,44 @@ def _public_key(text: str) -> Any:
     return _KEYS[text]
 
 
-def _verify(settings: Settings, body: bytes, signature: str | None, timestamp: str | None) -> None:
-    """SendGrid's own helper, over the raw body: any doubt is a 403 and nothing stored."""
-    from sendgrid.helpers.eventwebhook import EventWebhook  # type: ignore[import-untyped]
+def refuse_early(request: Request) -> JSONResponse | None:
+    """The refusal a request gets before its body is read (nurture.api's body limit calls
+    this first), or None: a forged 16 MiB batch without a well-formed signature costs
+    nothing but its headers."""
+    try:
+        check_entrance(request.app.state.settings, request.headers)
+    except Refused as refused:
+        return _error(refused.status, refused.message, refused.field)
+    return None
 
+
+def check_entrance(settings: Settings, headers: Mapping[str, str]) -> None:
+    """Everything that can be checked without the body: a key configured and valid, both
+    signature headers present and well-formed, the timestamp within MAX_SKEW."""
     if not settings.sendgrid_webhook_public_key:
         raise Refused(403, "webhook refused: NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY is not set")
     try:
-        key = _public_key(settings.sendgrid_webhook_public_key)
+        _public_key(settings.sendgrid_webhook_public_key)
     except (ValueError, TypeError) as error:
         log.error("NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY is not a valid public key: %s", error)
         raise Refused(403, "webhook refused: NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY is not a valid key") from error
+    signature, timestamp = headers.get(SIGNATURE_HEADER), headers.get(TIMESTAMP_HEADER)
     if not signature or not timestamp:
         raise Refused(403, f"webhook refused: missing {SIGNATURE_HEADER} or {TIMESTAMP_HEADER}")
-    try:
-        sent_at = int(timestamp)
-    except ValueError:
-        raise Refused(403, f"webhook refused: {TIMESTAMP_HEADER} is not a Unix time") from None
-    if abs(time.time() - sent_at) > MAX_SKEW:
+    if not TIMESTAMP_FORM.fullmatch(timestamp):
+        raise Refused(403, f"webhook refused: {TIMESTAMP_HEADER} is not a Unix time")
+    if not SIGNATURE_FORM.fullmatch(signature):
+        raise Refused(403, f"webhook refused: {SIGNATURE_HEADER} is not a base64 signature")
+    if abs(time.time() - int(timestamp)) > MAX_SKEW:
         raise Refused(403, f"webhook refused: timestamp more than {MAX_SKEW // 60} minutes from now")
+
+
+def _verify(settings: Settings, body: bytes, signature: str, timestamp: str) -> None:
+    """SendGrid's own helper, over the raw body (headers already checked by
+    check_entrance): any doubt is a 403 and nothing stored."""
+    from sendgrid.helpers.eventwebhook import EventWebhook  # type: ignore[import-untyped]
+
+    key = _public_key(settings.sendgrid_webhook_public_key or "")
     try:
         # The helper signs `timestamp + payload` as text; for UTF-8 (all JSON SendGrid
         # sends) decoding and its re-encoding give back exactly the bytes received.

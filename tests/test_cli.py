@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
+
 CONTRACT_KEYS = {"email", "stage", "status", "score", "grade", "temperature", "owner", "bant",
                  "campaign", "step", "history"}
 
@@ -137,3 +139,63 @@ async def test_funnel_show_and_campaign_list(cli):
     assert funnel["qualify"]["mql"] == {"score": 50, "min_grade": "C"}
     names = [c["name"] for c in json.loads((await cli("campaign", "list", "--json")).stdout)]
     assert names == ["b2b-trial", "recycled-nurture"]
+
+
+# ---------------------------------------------------------------- start-up cost and schema
+
+
+def bare_cli(home: Path, *args: str, importtime: bool = False) -> subprocess.CompletedProcess[str]:
+    """The CLI on its own store, with Temporal pointed at a closed port: a command that
+    answers from the store must not need it."""
+    env = {**os.environ, "NURTURE_HOME": str(home), "NURTURE_DATABASE_URL": f"sqlite:///{home / 'nurture.db'}",
+           "NURTURE_TEMPORAL_ADDRESS": "127.0.0.1:9", "NURTURE_CAMPAIGNS_DIR": str(ROOT / "campaigns")}
+    return subprocess.run([sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "nurture.cli", *args],
+                          capture_output=True, text=True, env=env, timeout=60, cwd=str(ROOT))
+
+
+@pytest.mark.parametrize("args", [("lead", "show", "ann@globex.example"), ("handoff", "list"), ("outbox", "--json"),
+                                  ("campaign", "list")])
+def test_read_commands_load_neither_temporal_nor_migrations(tmp_path, args):
+    from nurture.db import upgrade
+
+    upgrade(f"sqlite:///{tmp_path / 'nurture.db'}")
+    result = bare_cli(tmp_path, *args, importtime=True)
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    loaded = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in result.stderr.splitlines()
+              if line.startswith("import time:")}
+    assert "sqlalchemy" in loaded or args[0] == "campaign"  # the import log is really there
+    assert not loaded & {"temporalio", "alembic", "fastapi", "uvicorn", "sendgrid", "workflows"}, loaded
+
+
+def test_a_store_at_an_older_schema_is_refused_until_db_upgrade(tmp_path):
+    from alembic import command
+
+    from nurture.db import alembic_config, current_revision, head_revision
+
+    url = f"sqlite:///{tmp_path / 'nurture.db'}"
+    command.upgrade(alembic_config(url), "0001")
+    refused = bare_cli(tmp_path, "lead", "show", "ann@globex.example")
+    assert refused.returncode == 1
+    assert one_error_line(refused).endswith(f"is at schema revision 0001, this nurture needs {head_revision()}: "
+                                            "run `nurture db upgrade`")
+    assert current_revision(url) == "0001"  # a read command never migrates
+    assert bare_cli(tmp_path, "db", "upgrade").returncode == 0
+    assert current_revision(url) == head_revision()
+    assert "no such lead" in one_error_line(bare_cli(tmp_path, "lead", "show", "ann@globex.example"))
+
+
+def test_a_brand_new_store_gets_its_tables(tmp_path):
+    from nurture.db import current_revision, head_revision
+
+    result = bare_cli(tmp_path, "handoff", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    assert current_revision(f"sqlite:///{tmp_path / 'nurture.db'}") == head_revision()
+
+
+def test_the_head_read_from_the_migration_files_is_alembics():
+    from alembic.script import ScriptDirectory
+
+    from nurture.db import alembic_config, head_revision
+
+    assert head_revision() == ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

@@ -216,7 +216,7 @@ def app_settings(yaml_dir):
 @pytest.fixture
 async def http(app_settings):
     transport = httpx.ASGITransport(app=create_app(app_settings, None), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://nurture.test", timeout=30) as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30) as client:
         yield client
 
 

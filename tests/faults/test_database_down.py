@@ -89,7 +89,7 @@ async def journeys_through_an_outage(temporal_env: Any, tmp_path: Any, fake_send
     api_lead, cli_lead = f"api@{label}-down.example", f"cli@{label}-down.example"
     app = create_app(settings, temporal_env.client)
     api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-                            base_url="http://nurture.test", headers={"Authorization": "Bearer test-key"})
+                            base_url="http://127.0.0.1", headers={"Authorization": "Bearer test-key"})
     worker = WorkerProcess(settings, temporal_env.server.address, tmp_path / "worker.log")
     worker.start()
     problems: list[str] = []
