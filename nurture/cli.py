@@ -7,6 +7,7 @@ cannot be reached. Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -23,6 +24,7 @@ from rich.text import Text
 from nurture import when
 from nurture.wording import plural
 from nurture.config import Settings, settings as load_settings
+from nurture.temporal import CORE_LOGGER
 
 # Plain help (rich_markup_mode=None): Typer's rich panels print `<bool>` beside every flag.
 app = typer.Typer(help="nurture: lead nurturing journeys on Temporal.", no_args_is_help=True,
@@ -65,8 +67,9 @@ def finish(code: int = 0) -> NoReturn:
     os._exit(code)
 
 
-def run(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """Run async work, mapping our errors to exit codes and one-line messages."""
+def run(make: Callable[[], Coroutine[Any, Any, Any]], *, unavailable_hint: str = "") -> Any:
+    """Run async work, mapping our errors to exit codes and one-line messages;
+    `unavailable_hint` ends the line when a service cannot be reached."""
     import asyncio  # here, not at the top: read commands never run async work
 
     from sqlalchemy.exc import DBAPIError
@@ -75,10 +78,14 @@ def run(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     from nurture.service import UserError
     from nurture.temporal import TemporalUnavailable
 
+    async def main() -> Any:
+        asyncio.get_running_loop().set_exception_handler(quiet_loop_errors)
+        return await make()
+
     try:
-        return asyncio.run(make())
+        return asyncio.run(main())
     except TemporalUnavailable as error:
-        fail(str(error), 3)
+        fail(f"{error}{unavailable_hint}", 3)
     except DBAPIError as error:  # locked past the busy timeout, or the server is down
         fail(f"database: {store_reason(error)}; nothing was changed, try again", 3)
     except (UserError, CampaignError) as error:
@@ -89,6 +96,15 @@ def run(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         if os.environ.get("NURTURE_DEBUG"):
             raise
         fail(f"unexpected {type(error).__name__}: {error} (set NURTURE_DEBUG=1 for the traceback)", 1)
+
+
+def quiet_loop_errors(loop: Any, context: dict[str, Any]) -> None:
+    """asyncio's report of a task whose error nobody read, a traceback on stderr at exit.
+    Seen when Temporal goes away mid-import: the calls still in flight fail after the
+    command has already stopped on the first one, whose one line (exit 3) says it all.
+    NURTURE_DEBUG=1 shows asyncio's report."""
+    if os.environ.get("NURTURE_DEBUG"):
+        loop.default_exception_handler(context)
 
 
 def store_reason(error: Any) -> str:
@@ -538,7 +554,8 @@ def import_csv(file: Path = typer.Argument(..., help="CSV with a header row of l
     from nurture.importer import import_file
 
     nurture = service()
-    report = run(lambda: import_file(nurture, file, campaign=campaign, console=err))
+    report = run(lambda: import_file(nurture, file, campaign=campaign, console=err), unavailable_hint=(
+        "; the rows stored so far are kept: run the same import again once Temporal answers"))
     for problem in report.problems:
         err.print(problem, markup=False, soft_wrap=True)
     out.print(f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged, "
@@ -641,6 +658,9 @@ def main(argv: list[str] | None = None) -> None:
     # NURTURE_HOME holds the store, the signing secret and every email sent: what this
     # process creates (and the dev server it starts) is for its owner only.
     os.umask(0o077)
+    # A one-shot command says why it failed in one line; the SDK core's retry warnings
+    # would only repeat it (`up` and `worker` raise them back to warnings).
+    logging.getLogger(CORE_LOGGER).setLevel(logging.ERROR)
     try:
         result = app(args=argv, prog_name="nurture", standalone_mode=False)
         code = result if isinstance(result, int) else 0

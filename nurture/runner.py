@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 from typing import Any
@@ -13,7 +14,7 @@ from rich.console import Console
 from nurture import ports
 from nurture.config import Settings
 from nurture.db import upgrade
-from nurture.temporal import DevServer, TemporalUnavailable, connect, start_dev_server, wait_for_server
+from nurture.temporal import CORE_LOGGER, DevServer, TemporalUnavailable, connect, start_dev_server, wait_for_server
 
 
 def _stop_event() -> asyncio.Event:
@@ -79,6 +80,14 @@ def _migrate(settings: Settings) -> None:
         raise TemporalUnavailable(f"database {settings.db_url.split('@')[-1]}: {str(error).splitlines()[0]}") from error
 
 
+def _long_running(settings: Settings) -> None:
+    """What `up`, `worker` and `api` do before serving: a private home, the schema at
+    head, and the SDK core's warnings shown (a worker losing its server says so)."""
+    logging.getLogger(CORE_LOGGER).setLevel(logging.WARNING)
+    _home(settings)
+    _migrate(settings)
+
+
 def _home(settings: Settings) -> None:
     """NURTURE_HOME holds the store, the signing secret and every email sent: only its
     owner may enter (a home made 0755 by an older version is closed too)."""
@@ -117,8 +126,7 @@ def _print_off(settings: Settings, console: Console) -> None:
 
 
 async def run_up(settings: Settings, console: Console) -> None:
-    _home(settings)
-    _migrate(settings)
+    _long_running(settings)
     stop = _stop_event()
     server: DevServer | None = None
     sock = _bind_http(settings)
@@ -150,8 +158,7 @@ async def run_up(settings: Settings, console: Console) -> None:
 
 
 async def run_worker(settings: Settings, console: Console) -> None:
-    _home(settings)
-    _migrate(settings)
+    _long_running(settings)
     stop = _stop_event()
     client = await connect(settings)
     console.print(f"worker on {settings.temporal_target}, task queue {settings.task_queue}; Ctrl-C stops")
@@ -159,8 +166,7 @@ async def run_worker(settings: Settings, console: Console) -> None:
 
 
 async def run_api(settings: Settings, console: Console) -> None:
-    _home(settings)
-    _migrate(settings)
+    _long_running(settings)
     stop = _stop_event()
     sock = _bind_http(settings)
     console.print(f"HTTP API on http://{ports.HOST}:{settings.http_port}; Ctrl-C stops")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import shutil
 import subprocess
 import sys
@@ -14,9 +16,12 @@ from nurture.config import Settings
 
 if TYPE_CHECKING:
     from temporalio.client import Client
+    from temporalio.runtime import Runtime
 
 # temporalio is imported inside `connect`: it costs ~0.25 s of CPU, and the CLI's read
 # commands (which answer from the store) import this module only for its errors.
+
+CORE_LOGGER = "temporalio.core"
 
 
 class TemporalUnavailable(Exception):
@@ -37,10 +42,23 @@ async def connect(settings: Settings, *, target: str | None = None) -> Client:
             api_key=settings.temporal_api_key,
             tls=TLSConfig() if settings.temporal_tls or settings.temporal_api_key else False,
             data_converter=data_converter,
+            runtime=_runtime(),
         ), timeout=10)
     except (RuntimeError, RPCError, asyncio.TimeoutError, OSError) as error:
         hint = "" if settings.temporal_address else " (start it with `nurture up`, or set NURTURE_TEMPORAL_ADDRESS)"
         raise TemporalUnavailable(f"cannot reach Temporal at {address}{hint}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+
+
+@functools.cache
+def _runtime() -> Runtime:
+    """The SDK core's own log lines (a gRPC call retried while the server is away) go to
+    Python's logging under CORE_LOGGER rather than straight to stdout, where they broke
+    `--json` output and buried the CLI's one-line error; the CLI sets their level."""
+    from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+
+    forwarding = LogForwardingConfig(logger=logging.getLogger(CORE_LOGGER))
+    return Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"), forwarding=forwarding)))
 
 
 def temporal_binary() -> str:

@@ -199,3 +199,51 @@ def test_the_head_read_from_the_migration_files_is_alembics():
     from nurture.db import alembic_config, head_revision
 
     assert head_revision() == ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def test_import_when_temporal_goes_away_ends_in_one_line_exit_3(tmp_path):
+    """The server dies mid-import: the calls in flight fail after the first one stopped
+    the import; neither their tracebacks nor the SDK core's retry warnings are printed."""
+    import csv
+    import time
+
+    from nurture.temporal import start_dev_server
+    from nurture.timeskip import free_port
+
+    server = start_dev_server(tmp_path / "temporal", port=free_port(), ui_port=free_port(), persist=False)
+    env = {**os.environ, "NURTURE_HOME": str(tmp_path), "NURTURE_TEMPORAL_ADDRESS": server.address,
+           "NURTURE_CAMPAIGNS_DIR": str(ROOT / "campaigns"), "NURTURE_TEMPLATES_DIR": str(ROOT / "templates" / "email"),
+           "NURTURE_SECRET": "cli-test-secret", "NURTURE_UPDATE_TIMEOUT": "20"}
+    worker = subprocess.Popen([sys.executable, "-m", "nurture.cli", "worker"], env=env, cwd=str(ROOT),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with (tmp_path / "leads.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["email", "first_name", "source"])
+            writer.writerows([f"gone{index}@globex.example", f"Gone{index}", "web_form"] for index in range(3000))
+        importing = subprocess.Popen([sys.executable, "-m", "nurture.cli", "import", str(tmp_path / "leads.csv")],
+                                     env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not _stored_leads(tmp_path / "nurture.db") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert importing.poll() is None, importing.communicate()
+        server.process.kill()
+        stdout, stderr = importing.communicate(timeout=120)
+    finally:
+        worker.kill()
+        server.stop()
+    assert importing.returncode == 3, (stdout, stderr)
+    assert "Traceback" not in stderr and "WARN" not in stdout + stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].endswith("run the same import again once Temporal answers"), stderr
+    assert stdout == ""
+
+
+def _stored_leads(path: Path) -> int:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(path, timeout=5) as db:
+            return db.execute("select count(*) from lead").fetchone()[0]
+    except sqlite3.Error:
+        return 0
