@@ -571,7 +571,7 @@ def handoff_list(as_json: bool = JsonOpt) -> None:
     """Handoffs to sales, oldest first."""
     from nurture import crud
     from nurture.models import as_utc
-    from nurture.journey import iso
+    from nurture.vocabulary import iso
 
     nurture = service()
     with nurture.session() as session:
@@ -630,7 +630,7 @@ def handoff_lost(handoff_id: int = HandoffArg,
 def outbox(as_json: bool = JsonOpt) -> None:
     """Emails sent in local-outbox mode (and every send's status)."""
     from nurture import crud
-    from nurture.journey import iso
+    from nurture.vocabulary import iso
     from nurture.models import as_utc
 
     nurture = service()

@@ -15,9 +15,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from nurture import security
-from nurture.journey import suppressing_status
 from nurture.leadfields import check_attributes
 from nurture.models import Counter, Email, Event, Handoff, History, Lead, Suppression, utcnow
+from nurture.vocabulary import suppressing_status
 
 PROFILE_COLUMNS = (
     "first_name", "last_name", "company", "job_title", "company_size",

@@ -16,29 +16,19 @@ from typing import Any
 
 from nurture import rules
 from nurture.campaign import Campaign, Funnel
+from nurture.vocabulary import (  # noqa: F401  (journey.iso etc. stay valid)
+    ADDRESS_DROP_REASONS,
+    BANT_KEYS,
+    SUPPRESSING_EVENTS,
+    iso,
+    suppressing_status,
+)
 
-BANT_KEYS = ("budget", "authority", "need", "timing")
 PROFILE_FIELDS = (
     "first_name", "last_name", "company", "job_title", "company_size",
     "country", "timezone", "locale", "source", "anonymous_id",
 )
-# Events that end all marketing email to the address at once, and the status they set.
-SUPPRESSING_EVENTS = {
-    "email_unsubscribe": "unsubscribed",
-    "email_bounce": "bounced",
-    "email_dropped": "bounced",
-    "email_spamreport": "complained",
-}
 RESUBSCRIBE_EVENT = "email_group_resubscribe"
-# SendGrid's documented drop reasons that are about the address, and the status each gives.
-# The others are about the message or the account ("Invalid SMTPAPI header", "Spam
-# Content", "Recipient List over Package Quota", ...): the address is not at fault.
-ADDRESS_DROP_REASONS = {
-    "bounced address": "bounced",
-    "invalid": "bounced",
-    "unsubscribed address": "unsubscribed",
-    "spam reporting address": "complained",
-}
 # Stages at which marketing email stops: sales owns the lead, or it is not our target.
 NO_MARKETING_STAGES = ("sql", "opportunity", "customer", "disqualified")
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # contract: lower-case; others are custom events
@@ -158,14 +148,6 @@ class LeadState:
     opted_in: bool = False
 
 
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def is_event_type(name: str) -> bool:
     return bool(EVENT_TYPE.match(name))
 
@@ -233,16 +215,6 @@ def recompute_fit(state: LeadState, funnel: Funnel, now: datetime) -> None:
 
 
 # ---------------------------------------------------------------- events
-
-
-def suppressing_status(event_type: str, reason: str | None) -> str | None:
-    """The status an event gives a subscribed lead, None if it leaves it subscribed.
-
-    A drop suppresses only for a reason about the address; a drop that gives no reason
-    (recorded by hand through the CLI or the API) counts as one, as it always has."""
-    if event_type == "email_dropped" and reason is not None:
-        return ADDRESS_DROP_REASONS.get(reason.strip().lower())
-    return SUPPRESSING_EVENTS.get(event_type)
 
 
 def apply_event(state: LeadState, funnel: Funnel, event: LeadEvent, now: datetime, *,

@@ -18,21 +18,22 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
 
-from nurture import crud, journey, leadfields, security
+from nurture import crud, leadfields, security
 from nurture.config import Settings
 from nurture.db import reclaim_erased, session_scope
-from nurture.journey import LeadEvent, LeadProfile
 from nurture.models import Event, Lead, as_utc, utcnow
 from nurture.temporal import TemporalUnavailable, connect
+from nurture.vocabulary import BANT_KEYS, SUPPRESSING_EVENTS, iso
 
 if TYPE_CHECKING:
     from temporalio.client import Client
 
+    from nurture.journey import LeadEvent, LeadProfile
     from workflows.lead import LeadResult
 
-# temporalio and the workflow module are imported in the methods that call Temporal:
-# together they cost ~0.5 s of CPU, which the CLI's read commands (`lead show`, answered
-# from the store) must not pay.
+# temporalio, the workflow module and the journey are imported in the methods that
+# write: together they cost ~0.6 s of CPU, which the CLI's read commands (`lead show`,
+# answered from the store) must not pay.
 
 EVENT_FIELDS = ("url", "asset", "form", "event", "campaign", "step")
 UPDATES_PER_LEAD = 4  # at once from one process: below Temporal's 10, room for the others
@@ -135,6 +136,8 @@ class Nurture:
         """Write the lead's row (created, or the fields given filled in) in the caller's
         transaction; UserError, with nothing written, if a value is refused (nurture.leadfields)
         or the address may not be used."""
+        from nurture.journey import LeadProfile, lead_key
+
         data = _checked(data)
         email = data.email
         if crud.is_suppressed(session=session, email_hash=security.email_hash(email)):
@@ -142,7 +145,7 @@ class Nurture:
         profile = {name: getattr(data, name) for name in crud.PROFILE_COLUMNS}
         profile["attributes"] = data.attributes or {}
         try:
-            lead, created = crud.upsert_lead(session=session, key=journey.lead_key(email), email=email,
+            lead, created = crud.upsert_lead(session=session, key=lead_key(email), email=email,
                                              profile=profile, consent_at=data.consent_at)
         except leadfields.FieldError as error:  # the attributes once merged: nothing was written
             raise InvalidField(error) from None
@@ -248,6 +251,8 @@ class Nurture:
     def store_event(self, *, lead: Lead, type_: str, at: datetime | None, event_id: str | None,
                     fields: dict[str, Any]) -> tuple[LeadEvent, bool]:
         """Keep the event before the workflow sees it; the id makes a retry count once."""
+        from nurture.journey import LeadEvent
+
         at = as_utc(at) or utcnow()
         data = {k: v for k, v in fields.items() if v is not None}
         event_id = event_id or _event_id(lead.key, type_, at, data)
@@ -257,7 +262,7 @@ class Nurture:
             owner = None if fresh else crud.event_owners(session=session, ids=[event_id]).get(event_id)
             if owner is not None and owner[0] not in (None, lead.key):  # a concurrent request took the id
                 raise Conflict(f"event id '{event_id}' is already used by another lead; event ids are unique per lead")
-            if fresh and type_ in journey.SUPPRESSING_EVENTS:
+            if fresh and type_ in SUPPRESSING_EVENTS:
                 stored = crud.get_lead_by_key(session=session, key=lead.key)
                 crud.suppress_now(session=session, lead=stored, address=lead.email, type_=type_)
         known = {name: data.get(name) for name in EVENT_FIELDS}
@@ -505,14 +510,14 @@ def lead_json(session: Session, lead: Lead) -> dict[str, Any]:
         "grade": lead.grade,
         "temperature": lead.temperature,
         "owner": lead.owner,
-        "bant": {key: lead.bant.get(key) for key in journey.BANT_KEYS},
+        "bant": {key: lead.bant.get(key) for key in BANT_KEYS},
         "campaign": lead.campaign,
         "step": lead.step,
         "waiting_for": lead.waiting_for,
-        "next_action_at": journey.iso(as_utc(lead.next_action_at)),
-        "created_at": journey.iso(as_utc(lead.created_at)),
+        "next_action_at": iso(as_utc(lead.next_action_at)),
+        "created_at": iso(as_utc(lead.created_at)),
         "history": [
-            {"at": journey.iso(as_utc(h.at)), "kind": h.kind, "delta": h.delta, "reason": h.reason,
+            {"at": iso(as_utc(h.at)), "kind": h.kind, "delta": h.delta, "reason": h.reason,
              "score": h.score, **({"detail": h.detail} if h.detail else {})}
             for h in history
         ],
