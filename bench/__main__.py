@@ -372,7 +372,7 @@ def cli_phase(runs: int, leads: int) -> dict[str, Any]:
             if done.returncode != 0:
                 raise RuntimeError(f"nurture {name} exited {done.returncode}: {done.stderr.strip()}")
             figures[f"cli_{name.replace(' --', '_').replace(' ', '_')}_ms"] = {
-                "p50": statistics.median(timings), "p95": percentile(timings, 0.95)}
+                "p50": round(statistics.median(timings)), "p95": round(percentile(timings, 0.95))}
             log(f"cli: nurture {name}: median {statistics.median(timings):.0f} ms")
         return figures
     finally:
@@ -410,10 +410,11 @@ async def main() -> None:
     parser.add_argument("--cli", action="store_true",
                         help="only the CLI phase: median and p95 of each read command (no Temporal)")
     parser.add_argument("--cli-runs", type=int, default=10, help="runs of each read command in the CLI phase")
+    parser.add_argument("--cli-leads", type=int, default=200,
+                        help="leads in the CLI phase's store (one outbox email each, a handoff per tenth)")
     options = parser.parse_args()
     if options.cli:
-        figures = cli_phase(options.cli_runs, 1000)
-        sys.stdout.write(json.dumps(figures, indent=2, default=lambda v: round(v, 1)) + "\n")
+        sys.stdout.write(json.dumps(cli_phase(options.cli_runs, options.cli_leads), indent=2) + "\n")
         return
     sizes = QUICK if options.quick else FULL
     home = Path(tempfile.mkdtemp(prefix="nurture-bench-"))
