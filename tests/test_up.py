@@ -116,15 +116,15 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("setting", PORT_SETTINGS)
-def test_up_refuses_a_port_in_use_in_one_line(env, setting):
+@pytest.mark.parametrize(("command", "setting"), [*(("up", name) for name in PORT_SETTINGS), ("api", "NURTURE_HTTP_PORT")])
+def test_up_refuses_a_port_in_use_in_one_line(env, command, setting):
     port = env[setting]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", int(port)))
         taken.listen()
-        result = nurture(env, "up")
+        result = nurture(env, command)
     assert result.returncode == 3, (result.stdout, result.stderr)
-    assert "nurture is up" not in result.stdout
+    assert "nurture is up" not in result.stdout and "Ctrl-C stops" not in result.stdout
     line = one_error_line(result)
     assert f"port {port} " in line and f"set {setting} to a free port" in line, line
 
