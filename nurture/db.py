@@ -94,6 +94,11 @@ def reclaim_erased(url: str) -> bool:
 def head_revision() -> str:
     """The newest migration's id, from the `revision` / `down_revision` lines of the
     migration files (the one revision no other names as its parent)."""
+    return _revisions()[1]
+
+
+def _revisions() -> tuple[set[str], str]:
+    """Every revision of the migration files, and the head."""
     revisions: set[str] = set()
     parents: set[str] = set()
     for path in (MIGRATIONS / "versions").glob("*.py"):
@@ -106,7 +111,7 @@ def head_revision() -> str:
     heads = revisions - parents
     if len(heads) != 1:
         raise SchemaMismatch(f"the migrations in {MIGRATIONS} have {len(heads)} heads; expected one")
-    return heads.pop()
+    return revisions, heads.pop()
 
 
 def current_revision(url: str) -> str | None:
@@ -122,11 +127,15 @@ def ensure_schema(url: str) -> None:
     """For commands that do not migrate (all but `up`, `worker`, `api`, `db upgrade`): a
     brand-new store gets its tables, as there is nothing to migrate; a store at another
     revision is SchemaMismatch, so a read never changes a schema behind a running server."""
-    current, head = current_revision(url), head_revision()
+    (known, head), current = _revisions(), current_revision(url)
+    where = url.split("@")[-1]
     if current == head:
         return
     if current is None and not inspect(get_engine(url)).get_table_names():
         upgrade(url)
         return
-    raise SchemaMismatch(f"database {url.split('@')[-1]} is at schema revision {current or 'none'}, this nurture "
+    if current is not None and current not in known:
+        raise SchemaMismatch(f"database {where} is at schema revision {current}, newer than this nurture knows "
+                             f"({head}): install the nurture that migrated it")
+    raise SchemaMismatch(f"database {where} is at schema revision {current or 'none'}, this nurture "
                          f"needs {head}: run `nurture db upgrade`")

@@ -184,6 +184,20 @@ def test_a_store_at_an_older_schema_is_refused_until_db_upgrade(tmp_path):
     assert "no such lead" in one_error_line(bare_cli(tmp_path, "lead", "show", "ann@globex.example"))
 
 
+def test_a_store_migrated_by_a_newer_nurture_is_refused(tmp_path):
+    from sqlalchemy import text
+
+    from nurture.db import get_engine, upgrade
+
+    url = f"sqlite:///{tmp_path / 'nurture.db'}"
+    upgrade(url)
+    with get_engine(url).begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    refused = bare_cli(tmp_path, "outbox")
+    assert refused.returncode == 1
+    assert "is at schema revision 9999, newer than this nurture knows" in one_error_line(refused)
+
+
 def test_a_brand_new_store_gets_its_tables(tmp_path):
     from nurture.db import current_revision, head_revision
 
