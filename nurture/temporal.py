@@ -128,7 +128,17 @@ async def wait_for_server(settings: Settings, server: DevServer, timeout: float 
 
 def _check_alive(settings: Settings, server: DevServer) -> None:
     if server.process.poll() is not None:
-        raise TemporalUnavailable(f"the Temporal dev server exited (see {settings.home / 'temporal.log'})")
+        log = settings.home / "temporal.log"
+        raise TemporalUnavailable(f"the Temporal dev server exited{_last_line(log)} (see {log})")
+
+
+def _last_line(log: Path) -> str:
+    """': ' and the log's last line (the server's own reason), or nothing."""
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return f": {lines[-1].strip()[:300]}" if lines else ""
 
 
 def _check_owner(server: DevServer) -> None:

@@ -146,6 +146,21 @@ async def test_a_server_answering_on_the_port_that_is_not_ours_is_refused(tmp_pa
         other.stop()
 
 
+async def test_a_dev_server_that_exits_is_reported_with_its_own_reason(tmp_path):
+    from nurture.config import Settings
+    from nurture.temporal import TemporalUnavailable, start_dev_server, wait_for_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = start_dev_server(tmp_path, port=taken.getsockname()[1], ui_port=free_port(), persist=False)
+        try:
+            with pytest.raises(TemporalUnavailable, match="dev server exited: .*address already in use"):
+                await wait_for_server(Settings(home=tmp_path), server)
+        finally:
+            server.stop()
+
+
 def test_api_says_at_start_what_is_off(env, tmp_path):
     for name in ("NURTURE_API_KEYS", "NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY"):
         env.pop(name, None)
