@@ -55,9 +55,10 @@ class Settings(BaseSettings):
     # Ports of the embedded dev server of `nurture up`; taken ones are an error (nurture.ports).
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
-    # Host header values the HTTP server answers (comma-separated, any port); unset: the
-    # host of NURTURE_PUBLIC_URL and loopback. Anything else gets 400, so a page of another
-    # site cannot read the dashboard through DNS rebinding.
+    # Host header values the HTTP server answers besides loopback and the host of
+    # NURTURE_PUBLIC_URL (comma-separated, any port; `*`: any). Anything else gets 400, so
+    # a page of another site cannot read the dashboard through DNS rebinding (loopback
+    # names are safe: a rebinding page's requests carry its own name).
     allowed_hosts: str | None = None
 
     @field_validator("public_url")
@@ -78,9 +79,9 @@ class Settings(BaseSettings):
         """Lower-case host names (no port, IPv6 without brackets) the Host header may name."""
         from urllib.parse import urlsplit
 
-        listed = [name.strip() for name in self.allowed_hosts.split(",")] if self.allowed_hosts else LOOPBACK_HOSTS
+        listed = [name.strip() for name in (self.allowed_hosts or "").split(",")]
         public = urlsplit(self.public_url).hostname
-        return frozenset(name.lower().strip("[]") for name in (*listed, public or "") if name)
+        return frozenset(name.lower().strip("[]") for name in (*LOOPBACK_HOSTS, *listed, public or "") if name)
 
     def workflow_id(self, key: str) -> str:
         from nurture.journey import workflow_id

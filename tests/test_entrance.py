@@ -45,10 +45,15 @@ async def test_only_our_hosts_are_answered(door):
 
 
 @pytest.mark.parametrize("door", [{"allowed_hosts": "nurture.internal, 10.0.0.7"}], indirect=True)
-async def test_allowed_hosts_replace_loopback_but_keep_the_public_url(door):
-    for host in ("nurture.internal:8000", "10.0.0.7", "crm.acme.example"):
+async def test_allowed_hosts_add_names_to_loopback_and_the_public_url(door):
+    for host in ("nurture.internal:8000", "10.0.0.7", "crm.acme.example", "127.0.0.1:8000", "localhost"):
         assert await status_for_host(door, host) == 200, host
-    assert await status_for_host(door, "127.0.0.1:8000") == 400
+    assert await status_for_host(door, "nurture.internal.evil.example") == 400
+
+
+@pytest.mark.parametrize("door", [{"allowed_hosts": "*"}], indirect=True)
+async def test_a_star_answers_any_host(door):
+    assert await status_for_host(door, "anything.example") == 200
 
 
 async def raw_response_head(port: int, head: str) -> str:
