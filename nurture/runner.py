@@ -90,10 +90,12 @@ def _long_running(settings: Settings) -> None:
 
 def _home(settings: Settings) -> None:
     """NURTURE_HOME holds the store, the signing secret and every email sent: only its
-    owner may enter (a home made 0755 by an older version is closed too)."""
+    owner may enter. A home an older version made 0755 is closed too: the folder and
+    what lies directly in it (the outbox folder's files are then behind two 0700s)."""
     settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(PermissionError):  # not ours to close: run as it is
-        settings.home.chmod(0o700)
+    for path in (settings.home, *settings.home.iterdir()):
+        with contextlib.suppress(OSError):  # not ours to close: run as it is
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 async def _embedded_temporal(settings: Settings) -> tuple[DevServer, Any]:

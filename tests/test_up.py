@@ -183,8 +183,10 @@ steps:
 
 def test_up_keeps_its_home_to_its_owner(env, tmp_path):
     home = Path(env["NURTURE_HOME"])
-    home.mkdir(mode=0o755)
-    home.chmod(0o755)  # as an older version left it
+    (home / "outbox").mkdir(parents=True)
+    (home / "temporal.log").write_text("")
+    for path, mode in ((home, 0o755), (home / "outbox", 0o755), (home / "temporal.log", 0o644)):
+        path.chmod(mode)  # as an older version left them
     campaigns = tmp_path / "campaigns"
     campaigns.mkdir()
     (campaigns / "welcome-now.yaml").write_text(SEND_AT_ONCE)
