@@ -82,8 +82,10 @@ def _migrate(settings: Settings) -> None:
 
 def _long_running(settings: Settings) -> None:
     """What `up`, `worker` and `api` do before serving: a private home, the schema at
-    head, and the SDK core's warnings shown (a worker losing its server says so)."""
+    head, and what one-shot commands keep quiet shown again (the SDK core's warnings: a
+    worker losing its server says so; asyncio's reports of failed background tasks)."""
     logging.getLogger(CORE_LOGGER).setLevel(logging.WARNING)
+    asyncio.get_running_loop().set_exception_handler(None)
     _home(settings)
     _migrate(settings)
 
