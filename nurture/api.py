@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nurture import journey, leadfields, pages, security, webhooks
 from nurture.config import Settings
+from nurture.lastvalid import ConfigFiles
 from nurture.service import Conflict, InvalidField, LeadIn, NotFound, Nurture, UserError
 from nurture.temporal import TemporalUnavailable
 
@@ -163,14 +164,18 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
     app = FastAPI(title="nurture", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.state.nurture = Nurture(settings, client)
     app.state.settings = settings
+    config = ConfigFiles(settings)
     _install_errors(app)
     _install_body_limit(app)
 
 
     @app.get("/healthz")
-    def healthz() -> dict[str, bool]:
-        """Liveness."""
-        return {"ok": True}
+    def healthz() -> dict[str, Any]:
+        """Liveness: 200 while the process serves. A broken configuration file makes it
+        {"ok": false, "degraded": [one line per file]}, still 200: journeys go on, on
+        the file's last valid version, and taking the API away would only stop more."""
+        degraded = [broken.line() for broken in config.broken()]
+        return {"ok": False, "degraded": degraded} if degraded else {"ok": True}
 
     @app.post("/v1/leads", dependencies=[Auth])
     async def upsert_lead(body: LeadBody, nurture: NurtureDep) -> JSONResponse:

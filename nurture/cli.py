@@ -219,19 +219,26 @@ def campaign_validate(paths: list[Path] = typer.Argument(..., help="Campaign fil
 
 @campaign_app.command("list")
 def campaign_list(as_json: bool = JsonOpt) -> None:
-    """The campaigns in NURTURE_CAMPAIGNS_DIR."""
-    from nurture.campaign import CampaignError, load_campaigns
+    """The campaigns in NURTURE_CAMPAIGNS_DIR (a broken file: its last valid version, and exit 1)."""
+    from nurture.lastvalid import ConfigFiles
 
     settings = cfg()
-    try:
-        campaigns = load_campaigns(settings.campaigns_dir) if settings.campaigns_dir.exists() else []
-    except CampaignError as error:
-        fail(f"{str(error).splitlines()[0]} (run `nurture campaign validate {settings.campaigns_dir}`)")
+    config = ConfigFiles(settings)
+    campaigns = config.campaigns()
     rows = [{"name": c.name, "description": c.description, "steps": len(c.steps), "version": c.version,
              "auto_on": c.enroll.auto_on, "file": c.source_file} for c in campaigns]
     if as_json:
         print_json(rows)
-        return
+    else:
+        print_campaigns(rows)
+    broken = config.broken()
+    for file in broken:
+        err.print(f"error: {file.line()}", markup=False, soft_wrap=True)
+    if broken:
+        fail(f"{plural(len(broken), 'file')} invalid (run `nurture campaign validate {settings.campaigns_dir}`)")
+
+
+def print_campaigns(rows: list[dict[str, Any]]) -> None:
     table = table_of("name", "steps", "auto_on", "version", "file", "description", numeric=("steps",))
     for row in rows:
         table.add_row(row["name"], str(row["steps"]), ", ".join(row["auto_on"]) or "-", row["version"],
@@ -376,6 +383,17 @@ def lead_show(email: str = EmailArg, as_json: bool = JsonOpt) -> None:
         print_json(lead)
         return
     render_lead(lead)
+    render_broken_files(lead, nurture.settings)
+
+
+def render_broken_files(lead: dict[str, Any], settings: Settings) -> None:
+    """The configuration files this lead's journey depends on that are broken now: it runs
+    on their last valid version (or waits for one), and the reader should know."""
+    from nurture.lastvalid import ConfigFiles
+
+    for broken in ConfigFiles(settings).broken():
+        if broken.is_funnel or broken.campaign == lead["campaign"] or (lead["campaign"] is None and not broken.fallback):
+            out.print(Text(f"warning: {broken.line()}", style="yellow"), soft_wrap=True)
 
 
 def render_lead(lead: dict[str, Any]) -> None:

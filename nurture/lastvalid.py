@@ -3,8 +3,8 @@
 A marketer's typo must never end a journey. Each time a file loads valid, a copy of it
 goes to NURTURE_HOME/last-valid/ (so it survives restarts); while the file is broken,
 that copy is what runs, one broken campaign file leaves the others alone, and the
-break is reported: one line in the worker log when it is seen, in `nurture up`'s
-terminal, by /healthz, `campaign list` and `lead show`. Once the file is valid again
+break is reported: one line in the terminal of `nurture up` (or `nurture worker`) when
+it is seen and when it is fixed, by /healthz, `campaign list` and `lead show`. Once the file is valid again
 it is picked up as any edit is.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nurture.campaign import (
+    FUNNEL_FILES,
     Campaign,
     CampaignError,
     Funnel,
@@ -43,10 +44,14 @@ class BrokenFile:
     fallback: str | None = None  # version of the last valid copy in force; None: nothing runs
     campaign: str | None = None  # for a campaign file: the name of that last valid version
 
+    @property
+    def is_funnel(self) -> bool:
+        return Path(self.file).name in FUNNEL_FILES
+
     def line(self) -> str:
         if self.fallback:
             instead = f"running on its last valid version ({self.fallback}) until it is fixed"
-        elif Path(self.file).name.startswith("funnel."):
+        elif self.is_funnel:
             instead = "no valid version yet: leads wait for it"
         else:
             instead = "no valid version yet: not in use until it is fixed"
@@ -187,6 +192,4 @@ class ConfigFiles:
     @staticmethod
     def _report(path: Path, error: CampaignError, fallback: str | None, campaign: str | None = None) -> BrokenFile:
         first = str(error).splitlines()[0] if str(error) else f"{path}: invalid"
-        broken = BrokenFile(str(path), first, fallback, campaign)
-        logger.warning("%s (run `nurture campaign validate %s`)", broken.line(), path)
-        return broken
+        return BrokenFile(str(path), first, fallback, campaign)

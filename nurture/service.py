@@ -29,9 +29,11 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from nurture import crud, journey, leadfields, security
+from nurture.campaign import CampaignError, find_campaign
 from nurture.config import Settings
 from nurture.db import reclaim_erased, session_scope
 from nurture.journey import LeadEvent, LeadProfile
+from nurture.lastvalid import ConfigFiles, campaign_refusal
 from nurture.models import Event, Lead, as_utc, utcnow
 from nurture.temporal import TemporalUnavailable, connect
 from workflows.lead import (
@@ -139,6 +141,8 @@ class Nurture:
     async def add_lead(self, data: LeadIn, *, campaign: str | None = None) -> LeadResult:
         """Create or update a lead by email; enroll it by name or by `auto_on: created`."""
         data = _checked(data)  # a bad value is the user's error, whatever else is down
+        if campaign is not None:
+            self.check_campaign(campaign)
         await self.client()  # fail fast (exit 3) before writing anything
         with self.session() as session:
             stored = self.store_lead(session, data)
@@ -171,7 +175,26 @@ class Nurture:
 
     async def enroll(self, email: str, campaign: str, *, switch: bool = False) -> LeadResult:
         lead = self._lead(email)
+        self.check_campaign(campaign)
         return await self._update(lead.key, LeadWorkflow.enroll, EnrollRequest(campaign=campaign, switch=switch))
+
+    def check_campaign(self, name: str) -> None:
+        """Refuse, before anything is written, an enrollment in a campaign that does not
+        exist or whose file is invalid now: the worker would only refuse it later."""
+        problem = self.campaign_problem(name)
+        if problem:
+            raise InvalidField(leadfields.FieldError("campaign", problem))
+
+    def campaign_problem(self, name: str) -> str | None:
+        """Why an enrollment in `name` is refused now (unknown, or its file invalid), or None."""
+        directory = self.settings.campaigns_dir
+        if not directory.exists():
+            return None  # the workers may see campaigns this machine does not: let them decide
+        try:
+            find_campaign(directory, name)
+        except CampaignError as error:
+            return campaign_refusal(name, error)
+        return None
 
     async def record_event(self, email: str, type_: str, *, at: datetime | None = None,
                            event_id: str | None = None, **fields: Any) -> LeadResult:
@@ -424,12 +447,21 @@ class Nurture:
             return await asyncio.wait_for(client.execute_update_with_start_workflow(
                 update, arg, start_workflow_operation=start, result_type=LeadResult), timeout=max(timeout, 0.001))
         except (asyncio.TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as error:
-            raise TemporalUnavailable(
-                f"no worker answered within {self.settings.update_timeout:g}s on task queue "
-                f"'{self.settings.task_queue}': is `nurture up` or `nurture worker` running? "
-                "(stored events are delivered once one runs)") from error
+            raise TemporalUnavailable(self._unanswered()) from error
         except WorkflowUpdateFailedError as error:
             raise UserError(_failure_message(error)) from error
+
+
+    def _unanswered(self) -> str:
+        """Why an update found no answer in time: usually no worker; but a funnel.yaml
+        broken with no valid version holds a lead that has no funnel yet, and says so."""
+        funnel = next((broken for broken in ConfigFiles(self.settings).broken() if broken.is_funnel), None)
+        if funnel is not None and not funnel.fallback:
+            return (f"no answer within {self.settings.update_timeout:g}s: {funnel.line()}; what was sent is kept "
+                    "and applied once the file is valid")
+        return (f"no worker answered within {self.settings.update_timeout:g}s on task queue "
+                f"'{self.settings.task_queue}': is `nurture up` or `nurture worker` running? "
+                "(stored events are delivered once one runs)")
 
 
 def _normalised(email: str) -> str:

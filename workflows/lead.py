@@ -756,7 +756,7 @@ class LeadWorkflow:
             try:
                 return await workflow.execute_local_activity_method(
                     StoreActivities.load_funnel, LoadFunnelInput(), start_to_close_timeout=LOCAL)
-            except ActivityError:
+            except (ActivityError, ApplicationError):  # a local activity's failure may come bare
                 if not workflow.patched(FILES_NEVER_END_JOURNEYS):
                     raise
                 if self.funnel is not None:
@@ -767,7 +767,7 @@ class LeadWorkflow:
         try:
             config = await workflow.execute_local_activity_method(
                 StoreActivities.load_start, LoadStartInput("created"), start_to_close_timeout=LOCAL)
-        except ActivityError:
+        except (ActivityError, ApplicationError):
             if not workflow.patched(FILES_NEVER_END_JOURNEYS):
                 raise
             return await self._load_funnel()  # no valid funnel: wait for one, then pick as usual
