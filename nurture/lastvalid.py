@@ -151,6 +151,7 @@ class ConfigFiles:
         if not self.campaigns_dir.is_dir():
             return [], []
         valid, errors = load_campaign_files(self.campaigns_dir)
+        self._forget_removed({Path(campaign.source_file or "").name for campaign in valid} | {p.name for p in errors})
         for campaign in valid:
             path = Path(campaign.source_file or "")
             self._keep(path, campaign.version, self.copies / "campaigns" / path.name)
@@ -165,6 +166,14 @@ class ConfigFiles:
                 copy = None
             broken.append(self._report(path, error, copy.version if copy else None, copy.name if copy else None))
         return sorted(valid, key=lambda campaign: campaign.name), broken
+
+    def _forget_removed(self, names: set[str]) -> None:
+        """A campaign file taken away takes its copy along: a new file of that name, broken,
+        must not bring the old campaign back."""
+        folder = self.copies / "campaigns"
+        for copy in folder.iterdir() if folder.is_dir() else []:
+            if copy.name not in names:
+                copy.unlink(missing_ok=True)
 
     def _copy_of(self, path: Path, load: Callable[[Path], Any]) -> Any:
         """The last valid version of `path`, as if loaded from `path`; None if there is none."""

@@ -19,7 +19,6 @@ from temporalio.client import WorkflowExecutionStatus
 from nurture.journey import LeadEvent
 from nurture.lastvalid import ConfigFiles
 from nurture.messages import EventsInput
-from nurture.runner import _report_broken_files
 from nurture.temporal import TemporalUnavailable
 from tests.conftest import ROOT, _stack, make_settings
 from tests.test_cli import cli  # noqa: F401 - the fixture, over this module's stack
@@ -194,6 +193,8 @@ async def test_healthz_campaign_list_and_lead_show_say_which_file_is_broken(stac
 
 
 async def test_the_terminal_of_nurture_up_says_when_a_file_breaks_and_when_it_is_fixed(tmp_path):
+    from nurture.runner import _report_broken_files
+
     settings = make_settings(tmp_path, campaigns_dir=campaigns_copy(tmp_path))
     console = Console(record=True, width=80)
     stop = asyncio.Event()
@@ -217,3 +218,19 @@ async def test_the_terminal_of_nurture_up_says_when_a_file_breaks_and_when_it_is
     assert lines[0].startswith(f"config error {settings.funnel_file} is invalid, running on its last valid version")
     assert "unknown_key" in lines[0]
     assert lines[1] == f"config fixed {settings.funnel_file} is valid again and in force"
+
+
+def test_a_removed_campaign_file_takes_its_last_valid_version_along(tmp_path):
+    settings = make_settings(tmp_path, campaigns_dir=campaigns_copy(tmp_path))
+    config = ConfigFiles(settings)
+    names = lambda: [campaign.name for campaign in config.campaigns()]  # noqa: E731
+    assert names() == ["b2b-trial", "partners", "recycled-nurture"]
+    partners = settings.campaigns_dir / "partners.yaml"
+    break_file(partners)
+    assert names() == ["b2b-trial", "partners", "recycled-nurture"]  # its last valid version
+    partners.unlink()
+    assert names() == ["b2b-trial", "recycled-nurture"] and not config.broken()
+    partners.write_text(PARTNER_CAMPAIGN + "unknown_key: 1\n", encoding="utf-8")
+    assert names() == ["b2b-trial", "recycled-nurture"]  # a new file, broken: not the old one back
+    (broken,) = config.broken()
+    assert broken.line().startswith(f"{partners} is invalid, no valid version yet: not in use until it is fixed")
