@@ -547,11 +547,13 @@ class LeadWorkflow:
         elif picked.unusable and workflow.patched(FILES_NEVER_END_JOURNEYS):
             # A campaign file that cannot be read might have taken this lead: keep the
             # enrollment pending (in the state, so it survives continue-as-new) until it can.
+            retrying = self.s.pending_enroll is not None
             self.s.pending_enroll = trigger
             journey.note(self.s, workflow.now(), "note",
                          f"automatic enrollment ({trigger}) waits: {', '.join(picked.unusable)} invalid",
                          detail={"files": picked.unusable})
-            self._spawn(self._retry_auto_enroll())
+            if not retrying:
+                self._spawn(self._retry_auto_enroll())
 
     async def _pick_campaign(self, trigger: str) -> PickCampaignResult:
         return await workflow.execute_local_activity_method(
