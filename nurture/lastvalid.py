@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,8 @@ class ConfigFiles:
 
     def _load_funnel(self) -> tuple[Funnel | None, BrokenFile | None]:
         path = self.funnel_file
-        if not path.exists():
+        if not path.exists():  # the built-in funnel; an old copy must not come back later
+            (self.copies / path.name).unlink(missing_ok=True)
             return default_funnel(), None
         try:
             funnel = load_funnel(path)
@@ -168,11 +170,11 @@ class ConfigFiles:
         return sorted(valid, key=lambda campaign: campaign.name), broken
 
     def _forget_removed(self, names: set[str]) -> None:
-        """A campaign file taken away takes its copy along: a new file of that name, broken,
-        must not bring the old campaign back."""
+        """A file taken away takes its copy along: a new file of that name, broken, must
+        not bring the old campaign back."""
         folder = self.copies / "campaigns"
         for copy in folder.iterdir() if folder.is_dir() else []:
-            if copy.name not in names:
+            if copy.name not in names and not copy.name.startswith("."):  # (a writer's temporary file)
                 copy.unlink(missing_ok=True)
 
     def _copy_of(self, path: Path, load: Callable[[Path], Any]) -> Any:
@@ -192,7 +194,7 @@ class ConfigFiles:
             if hashlib.sha256(content).hexdigest()[:12] != version or (copy.is_file() and copy.read_bytes() == content):
                 return
             copy.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            temporary = copy.with_name(f".{copy.name}.tmp")
+            temporary = copy.with_name(f".{copy.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
             temporary.write_bytes(content)
             os.replace(temporary, copy)
         except OSError as error:  # a read-only home still runs, only without the fallback
