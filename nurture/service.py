@@ -33,7 +33,7 @@ from nurture.campaign import CampaignError, find_campaign
 from nurture.config import Settings
 from nurture.db import reclaim_erased, session_scope
 from nurture.journey import LeadEvent, LeadProfile
-from nurture.lastvalid import ConfigFiles, campaign_refusal
+from nurture.lastvalid import BrokenFile, ConfigFiles, campaign_refusal
 from nurture.models import Event, Lead, as_utc, utcnow
 from nurture.temporal import TemporalUnavailable, connect
 from workflows.lead import (
@@ -331,6 +331,7 @@ class Nurture:
         """Recompute one lead's score from its stored events under the funnel in force;
         `message` is the history line written, None when the score did not change."""
         lead = self._lead(email)
+        self._refuse_a_broken_funnel("rescore")
         return await self._update(lead.key, LeadWorkflow.rescore, RescoreInput())
 
     async def rescore_all(self, *, progress: Callable[[int, int], None] | None = None,
@@ -338,6 +339,7 @@ class Nurture:
         """`rescore` for every lead, a few at a time; `progress(done, total)` after each.
         A lead that refuses (forgotten meanwhile) is reported and the others go on; no
         worker or no Temporal stops the whole run (TemporalUnavailable)."""
+        self._refuse_a_broken_funnel("rescore")
         with self.session() as session:
             emails = crud.lead_emails(session=session)
         report = RescoreReport(leads=len(emails))
@@ -452,10 +454,20 @@ class Nurture:
             raise UserError(_failure_message(error)) from error
 
 
+    def _broken_funnel(self) -> BrokenFile | None:
+        return next((broken for broken in ConfigFiles(self.settings).broken() if broken.is_funnel), None)
+
+    def _refuse_a_broken_funnel(self, what: str) -> None:
+        """A rescore asks for funnel.yaml as it is now: while it is broken, the last valid
+        version runs, and rescoring under it is not what the operator asked for."""
+        funnel = self._broken_funnel()
+        if funnel is not None:
+            raise UserError(f"{what} refused while funnel.yaml is invalid: {funnel.error}")
+
     def _unanswered(self) -> str:
         """Why an update found no answer in time: usually no worker; but a funnel.yaml
         broken with no valid version holds a lead that has no funnel yet, and says so."""
-        funnel = next((broken for broken in ConfigFiles(self.settings).broken() if broken.is_funnel), None)
+        funnel = self._broken_funnel()
         if funnel is not None and not funnel.fallback:
             return (f"no answer within {self.settings.update_timeout:g}s: {funnel.line()}; what was sent is kept "
                     "and applied once the file is valid")

@@ -19,6 +19,7 @@ from temporalio.client import WorkflowExecutionStatus
 from nurture.journey import LeadEvent
 from nurture.lastvalid import ConfigFiles
 from nurture.messages import EventsInput
+from nurture.service import UserError
 from nurture.temporal import TemporalUnavailable
 from tests.conftest import ROOT, _stack, make_settings
 from tests.test_cli import cli  # noqa: F401 - the fixture, over this module's stack
@@ -87,6 +88,9 @@ async def test_a_broken_funnel_keeps_journeys_on_its_last_valid_version(stack):
     bob = "bob@initech.example"
     assert (await stack.add(bob, **TRIAL))["campaign"] == "b2b-trial"
     await assert_running(stack, ann, bob)
+    # a rescore asks for the file as it is now: refused, saying why
+    with pytest.raises(UserError, match=r"rescore refused while funnel.yaml is invalid: .*funnel.yaml:\d+: unknown_key"):
+        await stack.nurture.rescore(ann)
 
     # repaired, with email_click now worth 7: picked up a minute later
     funnel.write_text(text.replace("email_click: 5", "email_click: 7"), encoding="utf-8")
