@@ -18,7 +18,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nurture import journey, leadfields, pages, security, webhooks
 from nurture.config import Settings
-from nurture.lastvalid import ConfigFiles
 from nurture.service import Conflict, InvalidField, LeadIn, NotFound, Nurture, UserError
 from nurture.temporal import TemporalUnavailable
 
@@ -164,7 +163,6 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
     app = FastAPI(title="nurture", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.state.nurture = Nurture(settings, client)
     app.state.settings = settings
-    config = ConfigFiles(settings)
     _install_errors(app)
     _install_body_limit(app)
 
@@ -174,7 +172,7 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
         """Liveness: 200 while the process serves. A broken configuration file makes it
         {"ok": false, "degraded": [one line per file]}, still 200: journeys go on, on
         the file's last valid version, and taking the API away would only stop more."""
-        degraded = [broken.line() for broken in config.broken()]
+        degraded = [broken.line() for broken in app.state.nurture.config.broken()]
         return {"ok": False, "degraded": degraded} if degraded else {"ok": True}
 
     @app.post("/v1/leads", dependencies=[Auth])

@@ -127,6 +127,7 @@ class Nurture:
         self._client = client
         # lead key -> its queue of updates; dropped by itself once no update holds it
         self._slots: weakref.WeakValueDictionary[str, asyncio.Semaphore] = weakref.WeakValueDictionary()
+        self.config = ConfigFiles(settings)  # the files in force, re-read only when they change
 
     async def client(self) -> Client:
         if self._client is None:
@@ -455,7 +456,7 @@ class Nurture:
 
 
     def _broken_funnel(self) -> BrokenFile | None:
-        return next((broken for broken in ConfigFiles(self.settings).broken() if broken.is_funnel), None)
+        return next((broken for broken in self.config.broken() if broken.is_funnel), None)
 
     def _refuse_a_broken_funnel(self, what: str) -> None:
         """A rescore asks for funnel.yaml as it is now: while it is broken, the last valid
