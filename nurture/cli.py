@@ -301,23 +301,31 @@ def funnel_schema() -> None:
 
 @funnel_app.command("show")
 def funnel_show(as_json: bool = JsonOpt) -> None:
-    """The funnel model in force (defaults filled in)."""
+    """The funnel model in force (defaults filled in); while funnel.yaml is broken, its last
+    valid version, and exit 1."""
     import yaml
 
-    from nurture.campaign import CampaignError, load_funnel
+    from nurture.lastvalid import ConfigFiles, NoValidFunnel
 
     settings = cfg()
     path = settings.funnel_file
+    config = ConfigFiles(settings)
     try:
-        funnel = load_funnel(path if path.exists() else None)
-    except CampaignError as error:
-        fail(str(error).splitlines()[0])
+        funnel = config.funnel()
+    except NoValidFunnel as error:
+        fail(str(error))
     data = funnel.model_dump(mode="json", by_alias=True, exclude={"version", "source_file"})
+    broken = [file for file in config.broken() if file.is_funnel]
     if as_json:
         print_json(data)
-        return
-    out.print(f"# funnel in force: {path if path.exists() else 'built-in defaults'}", markup=False)
-    out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), markup=False)
+    else:
+        shown = path if path.exists() else "built-in defaults"
+        if broken:
+            shown = f"the last valid version ({funnel.version}) of {path}"
+        out.print(f"# funnel in force: {shown}", markup=False, soft_wrap=True)
+        out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), markup=False)
+    if broken:
+        fail(broken[0].line())
 
 
 # ---------------------------------------------------------------- leads
@@ -392,7 +400,8 @@ def render_broken_files(lead: dict[str, Any], settings: Settings) -> None:
     from nurture.lastvalid import ConfigFiles
 
     for broken in ConfigFiles(settings).broken():
-        if broken.is_funnel or broken.campaign == lead["campaign"] or (lead["campaign"] is None and not broken.fallback):
+        waits = lead["campaign"] is None and not broken.fallback  # its automatic enrollment may wait
+        if broken.is_funnel or broken.campaign == lead["campaign"] or waits:
             out.print(Text(f"warning: {broken.line()}", style="yellow"), soft_wrap=True)
 
 

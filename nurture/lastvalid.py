@@ -139,7 +139,7 @@ class ConfigFiles:
     def _load_funnel(self) -> tuple[Funnel | None, BrokenFile | None]:
         path = self.funnel_file
         if not path.exists():  # the built-in funnel; an old copy must not come back later
-            (self.copies / path.name).unlink(missing_ok=True)
+            self._remove(self.copies / path.name)
             return default_funnel(), None
         try:
             funnel = load_funnel(path)
@@ -175,7 +175,14 @@ class ConfigFiles:
         folder = self.copies / "campaigns"
         for copy in folder.iterdir() if folder.is_dir() else []:
             if copy.name not in names and not copy.name.startswith("."):  # (a writer's temporary file)
-                copy.unlink(missing_ok=True)
+                self._remove(copy)
+
+    @staticmethod
+    def _remove(copy: Path) -> None:
+        try:
+            copy.unlink(missing_ok=True)
+        except OSError as error:
+            logger.warning("cannot remove %s: %s", copy, error.strerror or error)
 
     def _copy_of(self, path: Path, load: Callable[[Path], Any]) -> Any:
         """The last valid version of `path`, as if loaded from `path`; None if there is none."""

@@ -23,6 +23,7 @@ from nurture.service import UserError
 from nurture.temporal import TemporalUnavailable
 from tests.conftest import ROOT, _stack, make_settings
 from tests.test_cli import cli  # noqa: F401 - the fixture, over this module's stack
+from tests.test_webhooks import serve
 from workflows.lead import LeadWorkflow
 
 MINUTE, HOUR, DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
@@ -69,7 +70,7 @@ async def assert_running(stack, *emails: str) -> None:
         assert description.status == WorkflowExecutionStatus.RUNNING, (email, description.status)
 
 
-async def test_a_broken_funnel_keeps_journeys_on_its_last_valid_version(stack):
+async def test_a_broken_funnel_keeps_journeys_on_its_last_valid_version(stack, cli):
     directory = stack.settings.campaigns_dir
     ann = "ann@globex.example"
     assert (await stack.add(ann, **TRIAL))["campaign"] == "b2b-trial"
@@ -88,8 +89,11 @@ async def test_a_broken_funnel_keeps_journeys_on_its_last_valid_version(stack):
     bob = "bob@initech.example"
     assert (await stack.add(bob, **TRIAL))["campaign"] == "b2b-trial"
     await assert_running(stack, ann, bob)
+    shown = await cli("funnel", "show")  # what is in force, and that the file is broken
+    assert shown.returncode == 1 and "# funnel in force: the last valid version" in shown.stdout
+    assert shown.stderr.count("\n") == 1 and "funnel.yaml is invalid, running on its last valid version" in shown.stderr
     # a rescore asks for the file as it is now: refused, saying why
-    with pytest.raises(UserError, match=r"rescore refused while funnel.yaml is invalid: .*funnel.yaml:\d+: unknown_key"):
+    with pytest.raises(UserError, match=r"rescore refused while funnel.yaml is invalid: .*\.yaml:\d+: unknown_key"):
         await stack.nurture.rescore(ann)
 
     # repaired, with email_click now worth 7: picked up a minute later
@@ -170,8 +174,6 @@ async def test_without_any_valid_funnel_a_lead_keeps_its_own_and_a_new_lead_wait
 
 
 async def test_healthz_campaign_list_and_lead_show_say_which_file_is_broken(stack, cli):
-    from tests.test_webhooks import serve
-
     ann = "ann@globex.example"
     await stack.add(ann, **TRIAL)
     async with serve(stack) as http:

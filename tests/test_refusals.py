@@ -54,7 +54,8 @@ async def test_the_api_refuses_an_unknown_or_broken_campaign_naming_the_field(st
         assert refused.json() == {"error": "campaign: unknown campaign 'nope' (known: b2b-trial, partners, recycled-nurture)",
                                   "field": "campaign"}
         break_file(stack.settings.campaigns_dir / "b2b-trial.yaml")
-        broken = await http.post("/v1/leads", headers=AUTH, json={"email": "kim@hooli.example", "campaign": "b2b-trial"})
+        broken = await http.post("/v1/leads", headers=AUTH,
+                                 json={"email": "kim@hooli.example", "campaign": "b2b-trial"})
         assert broken.status_code == 422 and broken.json()["field"] == "campaign"
         assert "file is invalid" in broken.json()["error"]
         missing = await http.get("/v1/leads/kim@hooli.example", headers=AUTH)

@@ -584,7 +584,7 @@ class LeadWorkflow:
                 journey.touch(self.s)
                 if self.s.enrollment is None:
                     journey.note(self.s, workflow.now(), "note",
-                                 f"automatic enrollment ({trigger}): the campaign files are valid, none takes this lead")
+                                 f"automatic enrollment ({trigger}): the files are valid, no campaign takes this lead")
                 return
 
     def _enroll(self, campaign: Campaign, *, switch: bool, trigger: str) -> str | None:
