@@ -240,3 +240,27 @@ def test_a_removed_campaign_file_takes_its_last_valid_version_along(tmp_path):
     assert names() == ["b2b-trial", "recycled-nurture"]  # a new file, broken: not the old one back
     (broken,) = config.broken()
     assert broken.line().startswith(f"{partners} is invalid, no valid version yet: not in use until it is fixed")
+
+
+async def test_a_pending_enrollment_survives_continue_as_new_and_a_new_worker(temporal_env, tmp_path):
+    directory = campaigns_copy(tmp_path)
+    text = break_file(directory / "b2b-trial.yaml")
+    async with _stack(temporal_env, make_settings(tmp_path, campaigns_dir=directory, max_history=60)) as stack:
+        gus = "gus@wayne.example"
+        await stack.add(gus, **TRIAL)
+        first_run = (await stack.handle(gus).describe()).run_id
+        for index in range(12):  # enough history to continue as new while it waits
+            await stack.nurture.record_event(gus, "email_open", event_id=f"open-{index}")
+        # (the server starts a run that follows a short one a second later, in real time)
+        for _ in range(100):
+            if (await stack.handle(gus).describe()).run_id != first_run:
+                break
+            await asyncio.sleep(0.1)
+        assert (await stack.handle(gus).describe()).run_id != first_run
+        await stack.worker.__aexit__(None, None, None)  # another worker takes over
+        async with stack.start_worker():
+            (directory / "b2b-trial.yaml").write_text(text, encoding="utf-8")
+            lead = await stack.until(gus, lambda lead: lead["campaign"] == "b2b-trial", step=MINUTE, limit=HOUR)
+            assert lead["score"] == 12
+            assert sum(r.startswith("enrolled in b2b-trial") for r in reasons(lead)) == 1
+            await assert_running(stack, gus)
