@@ -17,7 +17,10 @@ AUTH = {"Authorization": "Bearer test-key"}
 
 
 def tracebacks(caplog) -> list[str]:
-    return [record.getMessage() for record in caplog.records if record.exc_info]
+    """What the worker (Temporal's activity and workflow loggers, ours) logged with a traceback;
+    not asyncio's leftovers of earlier tests."""
+    return [record.getMessage() for record in caplog.records
+            if record.exc_info and record.name.startswith(("temporalio", "nurture"))]
 
 
 async def test_lead_add_with_an_unknown_campaign_is_refused_and_stores_nothing(stack, cli, caplog):
