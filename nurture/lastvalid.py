@@ -2,10 +2,10 @@
 
 A marketer's typo must never end a journey. Each time a file loads valid, a copy of it
 goes to NURTURE_HOME/last-valid/ (so it survives restarts); while the file is broken,
-that copy is what runs, one broken campaign file leaves the others alone, and the
-break is reported: one line in the terminal of `nurture up` (or `nurture worker`) when
-it is seen and when it is fixed, by /healthz, `campaign list` and `lead show`. Once the file is valid again
-it is picked up as any edit is.
+that copy is what runs, one broken campaign file leaves the others alone, and the break
+is reported: one line in the terminal of `nurture up` (or `nurture worker`) when it is
+seen and when it is fixed, by /healthz, `campaign list`, `funnel show` and `lead show`.
+Once the file is valid again it is picked up as any edit is.
 """
 
 from __future__ import annotations
