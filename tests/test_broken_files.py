@@ -264,3 +264,25 @@ async def test_a_pending_enrollment_survives_continue_as_new_and_a_new_worker(te
             assert lead["score"] == 12
             assert sum(r.startswith("enrolled in b2b-trial") for r in reasons(lead)) == 1
             await assert_running(stack, gus)
+
+
+async def test_the_funnel_a_lead_holds_is_carried_over_continue_as_new(temporal_env, tmp_path):
+    directory = campaigns_copy(tmp_path)
+    settings = make_settings(tmp_path, campaigns_dir=directory, max_history=60, update_timeout=5.0)
+    async with _stack(temporal_env, settings) as stack:
+        hal = "hal@cyberdyne.example"
+        await stack.add(hal, **TRIAL)
+        first_run = (await stack.handle(hal).describe()).run_id
+        break_file(directory / "funnel.yaml")
+        shutil.rmtree(tmp_path / "last-valid")  # no valid funnel anywhere but in the workflow
+        await stack.forward(hal, 2 * MINUTE)
+        for index in range(12):  # enough history to continue as new
+            await stack.nurture.record_event(hal, "email_open", event_id=f"open-{index}")
+        for _ in range(100):  # (the next run starts a second later, in real time)
+            if (await stack.handle(hal).describe()).run_id != first_run:
+                break
+            await asyncio.sleep(0.1)
+        assert (await stack.handle(hal).describe()).run_id != first_run
+        lead = (await stack.nurture.record_event(hal, "email_click")).lead
+        assert lead["score"] == 17 and lead["campaign"] == "b2b-trial"
+        await assert_running(stack, hal)

@@ -93,8 +93,8 @@ class LeadWorkflow:
         self.s: LeadState = inp.state or LeadState(key=inp.key, profile=profile, created_at=workflow.now())
         self.max_history = inp.max_history
         self.sales_sender = inp.sales_sender
-        self.funnel: Funnel | None = None
-        self.funnel_at: datetime | None = None
+        self.funnel: Funnel | None = inp.funnel
+        self.funnel_at: datetime | None = None  # (a carried-over funnel is re-read at first use)
         # (when read, campaigns that enroll on `created`), from the first task's read
         self.start_campaigns: tuple[datetime, StartConfig] | None = None
         self.lock = asyncio.Lock()
@@ -129,7 +129,7 @@ class LeadWorkflow:
                 return
             await self._sync()
             workflow.continue_as_new(LeadInput(key=self.s.key, state=self.s, max_history=self.max_history,
-                                               sales_sender=self.sales_sender))
+                                               sales_sender=self.sales_sender, funnel=self.funnel))
 
     async def _first_start(self, inp: LeadInput) -> None:
         """Take the profile (and a visitor's earlier events) from the store."""
