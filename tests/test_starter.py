@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import select
 
-from nurture import crud
+from nurture import crud, journey
+from nurture.db import session_scope, upgrade
 from nurture.importer import import_file
 from nurture.messages import LeadInput
 from nurture.models import LeadStart, utcnow
@@ -137,3 +138,47 @@ async def test_a_stored_lead_keeps_its_mark_while_temporal_is_down_and_a_forgott
 
     assert [mark.lead_key for mark in marks(three)] == [kept.key]
     assert marks(three)[0].claimed_until is None  # released for the next pass at once
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    upgrade(url)
+    return url
+
+
+def test_start_marks_are_leased_to_one_taker_and_cleared_by_their_own_token(db_url):
+    with session_scope(db_url) as session:
+        first = crud.mark_start(session=session, key="k1", created=True, campaign=None, lease=timedelta(minutes=1))
+        crud.mark_start(session=session, key="k2", created=False, campaign=None, lease=timedelta(0))
+    with session_scope(db_url) as session:  # k1 is still with its writer; k2's lease is over
+        assert [m.lead_key for m in crud.claim_starts(session=session, limit=10, lease=timedelta(minutes=1))] == ["k2"]
+    with session_scope(db_url) as session:
+        assert crud.claim_starts(session=session, limit=10, lease=timedelta(minutes=1)) == []  # k2 now leased
+        again = crud.mark_start(session=session, key="k1", created=False, campaign="b2b-trial",
+                                lease=timedelta(minutes=1))
+        assert (again.created, again.campaign) == (True, "b2b-trial")  # still new, and now a campaign asked
+        crud.clear_start(session=session, key="k1", token=first.token)  # a late clear of the older mark
+        assert crud.marked_keys(session=session, keys=["k1", "k2", "k3"]) == {"k1", "k2"}
+        crud.clear_start(session=session, key="k1", token=again.token)
+        crud.release_starts(session=session, keys=["k2"])
+    with session_scope(db_url) as session:
+        assert [m.lead_key for m in crud.claim_starts(session=session, limit=10, lease=timedelta(minutes=1))] == ["k2"]
+        assert crud.marked_keys(session=session, keys=["k1", "k2"]) == {"k2"}
+
+
+def test_the_migration_marks_leads_stored_before_it_whose_workflow_never_ran(db_url):
+    from alembic import command
+
+    from nurture.db import alembic_config
+
+    command.downgrade(alembic_config(db_url), "0002")
+    with session_scope(db_url) as session:
+        for email in ("new@acme.example", "old@acme.example"):
+            crud.upsert_lead(session=session, key=journey.lead_key(email), email=email, profile={"attributes": {}})
+        # old@ has had its workflow's first projection; new@ never got that far
+        crud.apply_projection(session=session, key=journey.lead_key("old@acme.example"), version=3, fields={})
+    upgrade(db_url)
+    with session_scope(db_url) as session:
+        (mark,) = crud.claim_starts(session=session, limit=10, lease=timedelta(minutes=1))
+    assert (mark.lead_key, mark.created) == (journey.lead_key("new@acme.example"), True)
