@@ -387,10 +387,7 @@ def render_lead(lead: dict[str, Any]) -> None:
               f"  grade {lead['grade']}  {lead['temperature']}  owner {lead['owner'] or '-'}")
     out.print(f"BANT {bant}")
     zone = lead.get("timezone")  # a lead's own times are shown in its zone (nurture.when)
-    if lead["campaign"]:
-        until = f" until {when.labelled(lead['next_action_at'], zone)}" if lead.get("next_action_at") else ""
-        waiting = f", waiting for {lead['waiting_for']}{until}" if lead.get("waiting_for") else ""
-        out.print(f"campaign {lead['campaign']}, step {lead['step']}{waiting}", markup=False)
+    render_journey(lead)
     table = table_of(when.header("at", zone), "kind", "delta", "score", "reason", numeric=("delta", "score"),
                      title="history")
     for entry in lead["history"]:
@@ -407,6 +404,24 @@ def table_of(*columns: str, numeric: tuple[str, ...] = (), title: str | None = N
     for column in columns:
         table.add_column(column, justify="right" if column in numeric else "left")
     return table
+
+
+SEND_HOLDS = ("send window", "frequency cap")  # what a step's email may wait for (workflows/lead.py)
+
+
+def render_journey(lead: dict[str, Any]) -> None:
+    """Where the lead is in its campaign and what it waits for; an email held by the
+    send window or the frequency cap says so, and when it will leave."""
+    if not lead["campaign"]:
+        return
+    where = f"campaign {lead['campaign']}, step {lead['step']}"
+    waiting = lead.get("waiting_for")
+    until = f" until {when.labelled(lead['next_action_at'], lead.get('timezone'))}" if lead.get("next_action_at") else ""
+    if waiting in SEND_HOLDS:
+        where += f": its email waits for the {waiting}{until}"
+    elif waiting:
+        where += f", waiting for {waiting}{until}"
+    out.print(Text(where), soft_wrap=True)
 
 
 PROFILE_LABELS = (("job_title", "job title"), ("company_size", "company size"), ("country", "country"),
@@ -679,6 +694,7 @@ def outbox(as_json: bool = JsonOpt) -> None:
                  "sent_at": iso(as_utc(e.sent_at)), "send_id": e.send_id,
                  "file": str(nurture.settings.outbox_dir / f"{e.send_id}.eml") if e.provider == "outbox" else None}
                 for e in crud.list_outbox(session=session)]
+        held = [] if as_json else crud.held_emails(session=session, holds=SEND_HOLDS)
     if as_json:
         print_json(rows)
         return
@@ -687,6 +703,21 @@ def outbox(as_json: bool = JsonOpt) -> None:
         table.add_row(when.clock(row["sent_at"]), row["to"] or "(forgotten)", Text(row["subject"] or ""),
                       row["campaign"] or "-", row["step"] or "-", row["status"])
     out.print(table)
+    render_held(held, sent=len(rows))
+
+
+def render_held(held: list[Any], *, sent: int) -> None:
+    """Emails not in the outbox yet because they wait (send window, frequency cap): an
+    empty outbox at night is not a fault, and this says so."""
+    if not held:
+        if not sent:
+            out.print("nothing sent yet, and no email is waiting to leave", markup=False)
+        return
+    out.print(f"{'nothing sent yet; ' if not sent else ''}{len(held)} email(s) waiting to leave:", markup=False)
+    for lead in held:
+        until = when.labelled(lead.next_action_at, lead.timezone)
+        out.print(Text(f"  {lead.email}: {lead.campaign}, step {lead.step}, waits for the {lead.waiting_for} until {until}"),
+                  soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:

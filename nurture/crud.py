@@ -429,6 +429,14 @@ def take_for_sending(*, session: Session, send_id: str, attempts: int, subject: 
     return result.rowcount == 1
 
 
+def held_emails(*, session: Session, holds: Sequence[str], limit: int = 100) -> Sequence[Lead]:
+    """Leads whose next email waits for one of `holds` (send window, frequency cap),
+    the soonest to leave first."""
+    return session.exec(select(Lead).where(col(Lead.waiting_for).in_(list(holds)), col(Lead.campaign).is_not(None),
+                                           col(Lead.email).is_not(None))
+                        .order_by(col(Lead.next_action_at), col(Lead.id)).limit(limit)).all()
+
+
 def list_outbox(*, session: Session, limit: int = 1000) -> Sequence[Email]:
     return session.exec(select(Email).order_by(col(Email.claimed_at)).limit(limit)).all()
 
