@@ -97,7 +97,8 @@ def list_leads(*, session: Session, after_id: int, limit: int, stage: str | None
                grade: str | None = None, temperature: str | None = None, status: str | None = None,
                campaign: str | None = None, q: str | None = None) -> Sequence[Lead]:
     """Leads matching every filter given, in id order after `after_id` (keyset
-    pagination: a page never skips or repeats a lead, whatever is written meanwhile).
+    pagination: no lead is repeated or skipped from page to page, new leads come last;
+    only a lead whose filtered fields change meanwhile may enter or leave the list).
     `q` finds a case-insensitive substring of the address, the name or the company.
     Forgotten leads (no address) are left out."""
     query = select(Lead).where(col(Lead.email).is_not(None), col(Lead.id) > after_id)
@@ -238,12 +239,14 @@ def clear_start(*, session: Session, key: str, token: str) -> None:
     session.execute(delete(LeadStart).where(col(LeadStart.lead_key) == key, col(LeadStart.token) == token))
 
 
-def marked_keys(*, session: Session, keys: Sequence[str]) -> set[str]:
-    """The keys among these whose workflow has not yet taken the stored lead."""
-    found: set[str] = set()
+def start_marks(*, session: Session, keys: Sequence[str]) -> dict[str, bool]:
+    """The keys among these whose workflow has not yet taken the stored lead, each with
+    whether the lead is still new to it (`created`)."""
+    found: dict[str, bool] = {}
     for start in range(0, len(keys), 500):
         chunk = list(keys[start:start + 500])
-        found.update(session.exec(select(LeadStart.lead_key).where(col(LeadStart.lead_key).in_(chunk))).all())
+        found.update(session.exec(select(LeadStart.lead_key, LeadStart.created)
+                                  .where(col(LeadStart.lead_key).in_(chunk))).all())
     return found
 
 
@@ -259,13 +262,15 @@ def claim_starts(*, session: Session, limit: int, lease: timedelta) -> Sequence[
 
 
 def lease_rows(*, session: Session, key: Any, claimed_until: Any, oldest_first: Any, limit: int,
-               lease: timedelta, where: Any = True) -> list[Any]:
+               lease: timedelta, where: Any = None) -> list[Any]:
     """Lease up to `limit` rows of `key`'s table that match `where` and no lease holds,
     oldest first, until now + `lease`; returns their keys. Several workers may call this
     at once, on SQLite as on PostgreSQL: a row is leased to one of them only."""
     table = key.table
     now = utcnow()
-    free = and_(where, or_(claimed_until.is_(None), claimed_until < now))
+    free = or_(claimed_until.is_(None), claimed_until < now)
+    if where is not None:
+        free = and_(where, free)
     # A plain read first: an idle poll (nearly all of them) must not take SQLite's write lock.
     found = select(key).where(free).order_by(oldest_first).limit(limit)
     if session.get_bind().dialect.name == "postgresql":

@@ -445,12 +445,13 @@ class _Import:
         with self.nurture.session() as session:
             known = crud.leads_by_email(session=session, emails=[parsed.email for _, parsed in rows])
             # Stored by an earlier run that stopped before the lead's workflow took it
-            # (see LeadStart): started again here, whatever the row says.
-            marked = crud.marked_keys(session=session, keys=[lead.key for lead in known.values()])
+            # (see LeadStart): handed over again here, whatever the row says, and still
+            # new if it was new then (so `--campaign` applies to it).
+            marks = crud.start_marks(session=session, keys=[lead.key for lead in known.values()])
             for line, parsed in rows:
                 lead = known.get(parsed.email)
-                new = lead is None or lead.state_version == 0
-                if lead is not None and not new and lead.key not in marked and not differs(lead, parsed):
+                new = lead is None or lead.state_version == 0 or marks.get(lead.key, False)
+                if lead is not None and not new and lead.key not in marks and not differs(lead, parsed):
                     unchanged += 1
                     continue
                 fields = dict(parsed.fields)

@@ -159,12 +159,12 @@ def test_start_marks_are_leased_to_one_taker_and_cleared_by_their_own_token(db_u
                                 lease=timedelta(minutes=1))
         assert (again.created, again.campaign) == (True, "b2b-trial")  # still new, and now a campaign asked
         crud.clear_start(session=session, key="k1", token=first.token)  # a late clear of the older mark
-        assert crud.marked_keys(session=session, keys=["k1", "k2", "k3"]) == {"k1", "k2"}
+        assert crud.start_marks(session=session, keys=["k1", "k2", "k3"]) == {"k1": True, "k2": False}
         crud.clear_start(session=session, key="k1", token=again.token)
         crud.release_starts(session=session, keys=["k2"])
     with session_scope(db_url) as session:
         assert [m.lead_key for m in crud.claim_starts(session=session, limit=10, lease=timedelta(minutes=1))] == ["k2"]
-        assert crud.marked_keys(session=session, keys=["k1", "k2"]) == {"k2"}
+        assert crud.start_marks(session=session, keys=["k1", "k2"]) == {"k2": False}
 
 
 def test_the_migration_marks_leads_stored_before_it_whose_workflow_never_ran(db_url):
