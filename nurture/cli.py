@@ -682,7 +682,7 @@ def handoff_lost(handoff_id: int = HandoffArg,
 
 @app.command()
 def outbox(as_json: bool = JsonOpt) -> None:
-    """Emails sent in local-outbox mode (and every send's status)."""
+    """Emails sent in local-outbox mode (and every send's status), then those waiting to leave."""
     from nurture import crud
     from nurture.journey import iso
     from nurture.models import as_utc

@@ -173,3 +173,15 @@ async def test_bad_list_options_get_one_line_naming_the_option(store, args, says
     result = await nurture(store, "lead", "list", *args)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and says in result.stderr, result.stderr
+
+
+def test_lead_list_loads_no_temporal_code(tmp_path):
+    """A read command stays quick: listing leads needs the store, never the Temporal SDK."""
+    probe = ("import sys\nfrom nurture.cli import app\n"
+             "app(args=['lead', 'list', '--json'], standalone_mode=False)\n"
+             "print('temporalio loaded' if 'temporalio' in sys.modules else 'no temporalio', file=sys.stderr)\n")
+    env = {**os.environ, "NURTURE_HOME": str(tmp_path), "NURTURE_DATABASE_URL": f"sqlite:///{tmp_path / 'n.db'}"}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"leads": [], "next_cursor": None}
+    assert result.stderr.strip().endswith("no temporalio"), result.stderr
