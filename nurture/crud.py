@@ -250,17 +250,6 @@ def start_marks(*, session: Session, keys: Sequence[str]) -> dict[str, bool]:
     return found
 
 
-def ever_enrolled(*, session: Session, keys: Sequence[str]) -> set[str]:
-    """The keys among these whose history holds an enrollment: their workflow has taken
-    a profile update before (a start mark left behind by a crash after the answer)."""
-    found: set[str] = set()
-    for start in range(0, len(keys), 500):
-        chunk = list(keys[start:start + 500])
-        found.update(session.exec(select(History.lead_key).distinct().where(
-            col(History.lead_key).in_(chunk), History.kind == "note", col(History.reason).startswith("enrolled in "))).all())
-    return found
-
-
 def claim_starts(*, session: Session, limit: int, lease: timedelta) -> Sequence[LeadStart]:
     """Lease up to `limit` marks no process holds (their lease ran out), oldest first."""
     table = LeadStart.__table__  # type: ignore[attr-defined]

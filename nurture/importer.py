@@ -448,8 +448,6 @@ class _Import:
             # (see LeadStart): handed over again here, whatever the row says, and still
             # new if it was new then (so `--campaign` applies to it).
             marks = crud.start_marks(session=session, keys=[lead.key for lead in known.values()])
-            if marks:  # enrolled once: its workflow took it before the crash, it is not new
-                marks.update(dict.fromkeys(crud.ever_enrolled(session=session, keys=list(marks)), False))
             for line, parsed in rows:
                 lead = known.get(parsed.email)
                 new = lead is None or lead.state_version == 0 or marks.get(lead.key, False)

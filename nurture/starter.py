@@ -8,11 +8,10 @@ only once the workflow's update has answered. This loop, run beside each worker 
 the event dispatcher, leases the marks whose writer's lease has run out (the writer
 crashed or gave up) and hands each lead to its workflow again with the same update.
 
-Exactly once: a lead whose history already shows an enrollment (the crash came after
-the workflow answered) is handed its profile without `created` or a campaign; the
-workflow itself refuses a second enrollment while the lead is in a campaign or has
-finished a `reenroll: never` one; each step's email is sent at most once per
-enrollment; and a lease keeps two processes from handing over the same mark at once.
+Exactly once: the update is idempotent for a lead its workflow already took (the
+workflow refuses a second `auto_on: created` enrollment while the lead is in or has
+finished a `reenroll: never` campaign, and each step's email is sent at most once per
+enrollment), and a lease keeps two processes from handing over the same mark at once.
 """
 
 from __future__ import annotations
@@ -86,22 +85,17 @@ def _claim(nurture: Nurture, batch: int, lease: timedelta) -> Sequence[LeadStart
 
 
 def _stored(nurture: Nurture, marks: Sequence[LeadStart]) -> list[StoredLead]:
-    """The marked leads as stored; a mark whose lead is gone or forgotten is dropped. A
-    lead already enrolled once was taken by its workflow (the crash came after the
-    answer): it gets its profile again, but no second enrollment."""
+    """The marked leads as stored; a mark whose lead is gone or forgotten is dropped."""
     leads: list[StoredLead] = []
-    keys = [mark.lead_key for mark in marks]
     with nurture.session() as session:
-        found = crud.leads_by_key(session=session, keys=keys)
-        enrolled = crud.ever_enrolled(session=session, keys=keys)
+        found = crud.leads_by_key(session=session, keys=[mark.lead_key for mark in marks])
         for mark in marks:
             lead = found.get(mark.lead_key)
             if lead is None or lead.email is None:
                 crud.clear_start(session=session, key=mark.lead_key, token=mark.token)
                 continue
-            taken = lead.key in enrolled
-            leads.append(StoredLead(lead.key, LeadProfile(**crud.profile_of(lead)), mark.created and not taken,
-                                    None if taken else mark.campaign, mark.token))
+            leads.append(StoredLead(lead.key, LeadProfile(**crud.profile_of(lead)), mark.created,
+                                    mark.campaign, mark.token))
     return leads
 
 

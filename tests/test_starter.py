@@ -182,36 +182,3 @@ def test_the_migration_marks_leads_stored_before_it_whose_workflow_never_ran(db_
     with session_scope(db_url) as session:
         (mark,) = crud.claim_starts(session=session, limit=10, lease=timedelta(minutes=1))
     assert (mark.lead_key, mark.created) == (journey.lead_key("new@acme.example"), True)
-
-
-ONE_EMAIL = """\
-name: one-email
-description: one email; a lead may come back after it (reenroll after_exit)
-sender: {from: "Acme <hello@acme.example>"}
-enroll: {stages: [lead], auto_on: [created], reenroll: after_exit}
-steps:
-  - {id: first, send: welcome}
-"""
-
-
-async def test_a_lead_that_finished_a_reenrollable_campaign_is_not_enrolled_again_by_a_late_mark(temporal_env, tmp_path):
-    """The crash came after the workflow answered, and the lead has since finished a
-    campaign it may re-enter: the starter must not make its `created` count twice."""
-    folder = campaigns_dir(tmp_path)
-    (folder / f"{CAMPAIGN}.yaml").unlink()
-    (folder / "one-email.yaml").write_text(ONE_EMAIL, encoding="utf-8")
-    async with _stack(temporal_env, make_settings(tmp_path, campaigns_dir=folder)) as stack:
-        email = "fin@acme.example"
-        await stack.nurture.add_lead(LeadIn(email=email))
-        assert await until(lambda: first_emails(stack, email) == ["first"] and stack.show(email)["campaign"] is None, 30)
-        with stack.session() as session:
-            crud.mark_start(session=session, key=journey.lead_key(email), created=True, campaign=None,
-                            lease=timedelta(0))
-        expire_leases(stack)
-
-        assert await start_once(stack.nurture) == 1
-
-        history = [entry["reason"] for entry in stack.show(email)["history"]]
-        assert sum(reason.startswith("enrolled in one-email") for reason in history) == 1, history
-        assert stack.show(email)["campaign"] is None and first_emails(stack, email) == ["first"]
-        assert marks(stack) == []
