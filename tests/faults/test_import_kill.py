@@ -60,7 +60,8 @@ async def test_a_killed_import_leaves_no_lead_unstarted_and_emails_each_once(tmp
     began = time.monotonic()
     home, port, ui_port = tmp_path / "temporal", free_port(), free_port()
     server, _ = await persisted_server(home, port, ui_port)
-    settings = make_settings(tmp_path, campaigns_dir=campaigns_dir(tmp_path), update_timeout=10.0)
+    # The default update timeout: the starter waits out the killed run's lease (30 + 15 s).
+    settings = make_settings(tmp_path, campaigns_dir=campaigns_dir(tmp_path), update_timeout=30.0)
     upgrade(settings.db_url)
     emails = lead_emails(LEADS, "import-kill.example")
     path = tmp_path / "leads.csv"
