@@ -486,7 +486,7 @@ def render_lead_page(page: dict[str, Any]) -> None:
     # The address is what a reader copies into the next command: never cut short.
     table.add_column("email", no_wrap=True, min_width=max((len(lead["email"]) for lead in page["leads"]), default=5))
     for header in ("name", "company", "stage", "score", "grade", "temperature", "status", "campaign", "step"):
-        table.add_column(header, overflow="fold")
+        table.add_column(header, overflow="fold", justify="right" if header == "score" else "left")
     for lead in page["leads"]:
         name = " ".join(filter(None, [lead.get("first_name"), lead.get("last_name")]))
         table.add_row(Text(lead["email"]), Text(name), Text(lead.get("company") or ""), lead["stage"],

@@ -172,7 +172,7 @@ def test_the_migration_marks_leads_stored_before_it_whose_workflow_never_ran(db_
 
     from nurture.db import alembic_config
 
-    command.downgrade(alembic_config(db_url), "0002")
+    command.downgrade(alembic_config(db_url), "0003")
     with session_scope(db_url) as session:
         for email in ("new@acme.example", "old@acme.example"):
             crud.upsert_lead(session=session, key=journey.lead_key(email), email=email, profile={"attributes": {}})
