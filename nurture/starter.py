@@ -12,6 +12,11 @@ Exactly once: the update is idempotent for a lead its workflow already took (the
 workflow refuses a second `auto_on: created` enrollment while the lead is in or has
 finished a `reenroll: never` campaign, and each step's email is sent at most once per
 enrollment), and a lease keeps two processes from handing over the same mark at once.
+Not covered: a crash after the workflow answered but before the mark was cleared, for
+a lead that finished, within the lease, a campaign it may re-enter (`reenroll:
+after_exit` or `always`): that lead would enter it again. The store cannot tell this
+case apart (its history rows are written inside the workflow task, so they can be
+ahead of what the server kept when it died); only the workflow could.
 """
 
 from __future__ import annotations
