@@ -210,7 +210,7 @@ def campaign_validate(paths: list[Path] = typer.Argument(..., help="Campaign fil
     settings = cfg()
     problems = validate_paths(paths, settings.templates_dir)
     for problem in problems:
-        (err if problem.severity == "error" else out).print(str(problem), markup=False, soft_wrap=True)
+        (err if problem.severity == "error" else out).print(problem.shown(), markup=False, soft_wrap=True)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise typer.Exit(1)
