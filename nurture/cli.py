@@ -40,6 +40,8 @@ app.add_typer(funnel_app, name="funnel")
 app.add_typer(lead_app, name="lead")
 app.add_typer(handoff_app, name="handoff")
 app.add_typer(db_app, name="db")
+email_app = typer.Typer(help="Preview an email for a lead, or send yourself a proof.", no_args_is_help=True)
+app.add_typer(email_app, name="email")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -244,6 +246,7 @@ def campaign_test(
     file: Path = typer.Argument(..., help="The campaign file to preview."),
     lead: Path = typer.Option(..., "--lead", help="LEAD.json: an object of lead fields (email required)."),
     events: Optional[Path] = typer.Option(None, "--events", help="EVENTS.yaml: [{at: 2d3h, type: email_click, step: ...}]"),
+    with_text: bool = typer.Option(False, "--render", help="Include each sent email's rendered text."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a campaign for one lead under simulated time, sending nothing, and print its timeline."""
@@ -266,10 +269,13 @@ def campaign_test(
         err.print(str(warning), markup=False, soft_wrap=True)
     with err.status("simulating on an embedded Temporal server..."):
         timeline = run(lambda: run_preview(file, data, scripted, settings))
+    if not with_text:
+        for entry in timeline.entries:
+            entry.text = None
     if as_json:
         print_json([entry.as_json() for entry in timeline.entries])
     else:
-        render(timeline, out)
+        render(timeline, out, texts=with_text)
     for entry in timeline.failed:  # the timeline shows them; the exit code tells scripts and CI
         err.print(f"error: step {entry.detail.get('step')} at {format_offset(entry.offset)}: {entry.reason}",
                   markup=False, soft_wrap=True)
@@ -620,6 +626,96 @@ def outbox(as_json: bool = JsonOpt) -> None:
         table.add_row(when.clock(row["sent_at"]), row["to"] or "(forgotten)", Text(row["subject"] or ""),
                       row["campaign"] or "-", row["step"] or "-", row["status"])
     out.print(table)
+
+
+# ---------------------------------------------------------------- emails
+
+LeadFileOpt = typer.Option(None, "--lead", help="LEAD.json: an object of lead fields (email required).")
+LeadEmailOpt = typer.Option(None, "--email", help="A lead in the store, by address.")
+CampaignOpt = typer.Option(None, "--campaign", help="The campaign whose step sends it (sender, subject variant).")
+StepOpt = typer.Option(None, "--step", help="The step id within --campaign.")
+
+
+def _email_lead(settings: Settings, lead: Optional[Path], email: Optional[str]) -> Any:
+    """The lead to render for: --lead FILE, --email (the store), else the sample lead."""
+    # nurture.proofs imports the send activity's module (temporalio): only commands that need it load it.
+    from nurture.proofs import file_lead, sample_lead, stored_lead
+
+    if lead is not None and email is not None:
+        fail("give --lead or --email, not both")
+    if email is not None:
+        upgrade_quietly(settings, __import__("nurture.db", fromlist=["upgrade"]).upgrade)
+        return stored_lead(settings, email)
+    return file_lead(lead) if lead is not None else sample_lead()
+
+
+@email_app.command("preview")
+def email_preview(
+    name: str = typer.Argument(..., help="The email: templates/email/NAME.html and NAME.txt."),
+    lead: Optional[Path] = LeadFileOpt,
+    email: Optional[str] = LeadEmailOpt,
+    campaign: Optional[str] = CampaignOpt,
+    step: Optional[str] = StepOpt,
+    html: Optional[Path] = typer.Option(None, "--html", help="Write the HTML part to this file."),
+    text_only: bool = typer.Option(False, "--text", help="Print the text part only."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Exactly what the send would send this lead: prints the headers and the text part."""
+    from nurture.proofs import preview
+    from nurture.service import UserError
+
+    settings = cfg()
+    try:
+        shown = preview(settings, name, _email_lead(settings, lead, email), campaign=campaign, step=step)
+        if html is not None:
+            html.write_text(shown.email.html, encoding="utf-8")
+    except UserError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"--html {html}: cannot write it: {error.strerror or error}")
+    if as_json:
+        print_json(shown.as_json())
+        return
+    if text_only:
+        sys.stdout.write(shown.email.text)
+        return
+    data = shown.as_json()
+    for label, key in (("From", "from"), ("Reply-To", "reply_to"), ("To", "to"), ("Subject", "subject")):
+        if data[key]:
+            out.print(Text(f"{label}: {data[key]}"), soft_wrap=True)
+    where = [f"campaign {data['campaign']} step {data['step']}" if data["campaign"] else "no campaign",
+             f"template {name}{'.' + data['locale'] if data['locale'] else ''}"]
+    if data["variant"] is not None:
+        where.append(f"subject variant {data['variant']}")
+    out.print(Text(f"({'; '.join(where)}; HTML: {len(shown.email.html.encode())} bytes"
+                   + (f", written to {html})" if html else ", --html FILE writes it)")), soft_wrap=True)
+    out.print()
+    sys.stdout.flush()
+    sys.stdout.write(shown.email.text if shown.email.text.endswith("\n") else shown.email.text + "\n")
+
+
+@email_app.command("test-send")
+def email_test_send(
+    name: str = typer.Argument(..., help="The email: templates/email/NAME.html and NAME.txt."),
+    to: str = typer.Option(..., "--to", help="Who gets the proof: one of NURTURE_TEST_RECIPIENTS."),
+    lead: Optional[Path] = LeadFileOpt,
+    email: Optional[str] = LeadEmailOpt,
+    campaign: Optional[str] = CampaignOpt,
+    step: Optional[str] = StepOpt,
+) -> None:
+    """Send one proof, subject prefixed [TEST]: recorded on no lead, counted in no stats."""
+    from nurture.proofs import test_send
+    from nurture.service import UserError
+
+    settings = cfg()
+    try:
+        chosen = _email_lead(settings, lead, email)
+        upgrade_quietly(settings, __import__("nurture.db", fromlist=["upgrade"]).upgrade)
+        sent = test_send(settings, name, to, chosen, campaign=campaign, step=step)
+    except UserError as error:
+        fail(str(error))
+    where = f"written to {sent.file}" if sent.file else f"sent through SendGrid (message id {sent.message_id or '?'})"
+    out.print(Text(f"test send to {to}: \"{sent.subject}\" {where}"), soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:

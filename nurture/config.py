@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # lead next engages. 0 picks by runner (sandboxed journeys cost more memory each).
     workflow_cache: int = 0
     http_port: int = 8000
+    # Who `nurture email test-send` may mail (comma-separated), so proofs never reach strangers.
+    test_recipients: str | None = None
 
     @field_validator("public_url")
     @classmethod
@@ -82,6 +84,10 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in (self.api_keys or "").split(",") if key.strip()]
+
+    @property
+    def test_recipient_list(self) -> list[str]:
+        return [address.strip().lower() for address in (self.test_recipients or "").split(",") if address.strip()]
 
     def signing_secret(self) -> str:
         """NURTURE_SECRET, else one generated once and kept under NURTURE_HOME."""
