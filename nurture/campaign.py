@@ -1407,28 +1407,31 @@ def _template_problems(source: _Source, path: YamlPath, name: Any, templates_dir
     return problems
 
 
-def _funnel_address(campaign_file: Path) -> str | None:
-    """`sender.address` of the funnel.yaml beside a campaign file (the one its sends read)."""
-    for name in FUNNEL_FILES:
-        path = campaign_file.parent / name
+def _funnel_address(campaign_file: Path, funnel_file: Path | None) -> str | None:
+    """`sender.address` of the funnel.yaml beside a campaign file (in the campaigns folder,
+    the one its sends read), else of `funnel_file` (the folder's funnel for a campaign
+    kept elsewhere, e.g. one being tried with `campaign test`)."""
+    beside = [campaign_file.parent / name for name in FUNNEL_FILES]
+    for path in [*beside, *([funnel_file] if funnel_file is not None else [])]:
         if path.is_file():
             checked = _check_funnel(path)
             return checked.model.sender.address if checked.model is not None else None
     return None
 
 
-def _campaign_sender(source: _Source, campaign_file: Path) -> dict[str, Any]:
+def _campaign_sender(source: _Source, campaign_file: Path, funnel_file: Path | None) -> dict[str, Any]:
     """`sender` as this campaign's templates see it, from the file as written."""
     own = source.get("sender", "address")
-    address = own.strip() if isinstance(own, str) and own.strip() else _funnel_address(campaign_file)
+    address = own.strip() if isinstance(own, str) and own.strip() else _funnel_address(campaign_file, funnel_file)
     from_, reply_to = source.get("sender", "from"), source.get("sender", "reply_to")
     return sender_context(from_ if isinstance(from_, str) else "", reply_to if isinstance(reply_to, str) else None,
                           address)
 
 
-def _campaign_template_problems(source: _Source, campaign_file: Path, templates_dir: Path) -> list[Problem]:
+def _campaign_template_problems(source: _Source, campaign_file: Path, templates_dir: Path,
+                                funnel_file: Path | None) -> list[Problem]:
     steps = source.get("steps")
-    sender = _campaign_sender(source, campaign_file)
+    sender = _campaign_sender(source, campaign_file, funnel_file)
     problems = []
     sends = [(index, step) for index, step in enumerate(steps if isinstance(steps, list) else [])
              if isinstance(step, dict) and "send" in step]
@@ -1592,10 +1595,11 @@ def find_campaign(directory: Path, name: str) -> Campaign:
     return campaign
 
 
-def validate_paths(paths: Sequence[Path], templates_dir: Path | None) -> list[Problem]:
+def validate_paths(paths: Sequence[Path], templates_dir: Path | None, funnel_file: Path | None = None) -> list[Problem]:
     """Every problem (errors and warnings) of the given files and directories; funnel.yaml
     is checked as the funnel, the rest as campaigns. With `templates_dir`, every email
-    named must exist there and render for a sample lead."""
+    named must exist there, render for a sample lead and pass nurture.lint. `funnel_file`:
+    the funnel whose `sender.address` a campaign with no funnel.yaml beside it uses."""
     problems: list[Problem] = []
     campaigns: list[_Checked] = []
     for path in _expand(paths, problems):
@@ -1608,7 +1612,7 @@ def validate_paths(paths: Sequence[Path], templates_dir: Path | None) -> list[Pr
             if is_funnel:
                 problems += _funnel_template_problems(checked.source, checked.model, Path(templates_dir))
             else:
-                problems += _campaign_template_problems(checked.source, path, Path(templates_dir))
+                problems += _campaign_template_problems(checked.source, path, Path(templates_dir), funnel_file)
     return _distinct(problems + _duplicate_name_problems(campaigns))
 
 

@@ -210,7 +210,7 @@ def campaign_validate(paths: list[Path] = typer.Argument(..., help="Campaign fil
     from nurture.campaign import validate_paths
 
     settings = cfg()
-    problems = validate_paths(paths, settings.templates_dir)
+    problems = validate_paths(paths, settings.templates_dir, settings.funnel_file)
     for problem in problems:
         (err if problem.severity == "error" else out).print(problem.shown(), markup=False, soft_wrap=True)
     errors = [p for p in problems if p.severity == "error"]
@@ -256,7 +256,7 @@ def campaign_test(
 
     settings = cfg()
     try:
-        campaign, warnings = check_campaign(file, settings.templates_dir)
+        campaign, warnings = check_campaign(file, settings.templates_dir, settings.funnel_file)
         data = read_lead(lead)
         scripted = read_events(events, campaign) if events else []
     except CampaignError as error:
@@ -704,14 +704,14 @@ def email_test_send(
     step: Optional[str] = StepOpt,
 ) -> None:
     """Send one proof, subject prefixed [TEST]: recorded on no lead, counted in no stats."""
-    from nurture.proofs import test_send
+    from nurture.proofs import send_test
     from nurture.service import UserError
 
     settings = cfg()
     try:
         chosen = _email_lead(settings, lead, email)
         upgrade_quietly(settings, __import__("nurture.db", fromlist=["upgrade"]).upgrade)
-        sent = test_send(settings, name, to, chosen, campaign=campaign, step=step)
+        sent = send_test(settings, name, to, chosen, campaign=campaign, step=step)
     except UserError as error:
         fail(str(error))
     where = f"written to {sent.file}" if sent.file else f"sent through SendGrid (message id {sent.message_id or '?'})"

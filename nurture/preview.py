@@ -61,12 +61,13 @@ _ZERO = re.compile(r"^(0+[smhdw]?)+$")
 # ---------------------------------------------------------------- inputs
 
 
-def check_campaign(path: Path, templates_dir: Path) -> tuple[Campaign, list[Problem]]:
+def check_campaign(path: Path, templates_dir: Path, funnel_file: Path | None = None) -> tuple[Campaign, list[Problem]]:
     """The campaign in `path` and its warnings; CampaignError with every error (templates
-    included: a template that does not render would only show up as a failed send)."""
+    included: a template that does not render would only show up as a failed send).
+    `funnel_file`: the funnel the run uses (its `sender.address`)."""
     if not path.is_file():
         raise CampaignError([Problem(str(path), 1, "(file)", "no such file")])
-    problems = validate_paths([path], templates_dir)
+    problems = validate_paths([path], templates_dir, funnel_file)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise CampaignError(errors)

@@ -178,7 +178,7 @@ class ProofSent:
     file: Path | None  # the .eml written in outbox mode
 
 
-def test_send(settings: Settings, name: str, to: str, lead: Recipient, *, campaign: str | None = None,
+def send_test(settings: Settings, name: str, to: str, lead: Recipient, *, campaign: str | None = None,
               step: str | None = None) -> ProofSent:
     """Send one proof of `name` to `to`. UserError when `to` is not allowed, the rate
     limit is reached, the email does not render or the provider refuses it."""
