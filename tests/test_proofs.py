@@ -84,6 +84,11 @@ async def test_email_commands_refuse_bad_input_in_one_line(cli, stack):
         (("email", "test-send", "welcome", "--to", "stranger@gmail.example"),
          "stranger@gmail.example may not receive test sends"),
         (("email", "test-send", "no_such_email", "--to", TESTER), "unknown email template 'no_such_email'"),
+        (("email", "test-send", "welcome", "--to", TESTER, "--email", "nobody@globex.example"),
+         "unknown lead nobody@globex.example"),
+        (("email", "preview", "welcome", "--campaign", "no-such-campaign"), "unknown campaign 'no-such-campaign'"),
+        (("email", "preview", "case_study_reminder"), "'case_study_reminder' is sent by b2b-trial step reminder, "
+                                                      "recycled-nurture step last-word: say which with --campaign"),
     ]
     for args, message in cases:
         result = await cli(*args, extra_env=allowed)
