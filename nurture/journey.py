@@ -180,6 +180,12 @@ def workflow_id(key: str, prefix: str = "lead-") -> str:
     return f"{prefix}{key}"
 
 
+def proof_prefix(key: str) -> str:
+    """How the outbox files of test sends rendered for the lead `key` start: they have no
+    email row, so `forget` finds them by this name."""
+    return f"test-{key}-"
+
+
 def send_id(key: str, campaign: str, enrollment: int, step: str) -> str:
     """One id per (lead, enrollment, step): the unit of at-most-once sending."""
     return hashlib.sha256(f"{key}|{campaign}|{enrollment}|{step}".encode()).hexdigest()[:32]

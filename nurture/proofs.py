@@ -189,7 +189,8 @@ def send_test(settings: Settings, name: str, to: str, lead: Recipient, *, campai
                                    window_seconds=60, now=utcnow()):
             raise UserError(f"test sends are limited to {TEST_SENDS_PER_MINUTE} a minute for this installation: "
                             "try again in a minute")
-    proof = replace(shown.input, send_id=f"test-{uuid.uuid4().hex}", lead_key=PROOF_KEY, to=address,
+    proof = replace(shown.input, send_id=f"{journey.proof_prefix(lead.key)}{uuid.uuid4().hex[:12]}",
+                    lead_key=PROOF_KEY, to=address,
                     marketing=False, proof=True)
     try:
         provider, message_id = EmailActivities(settings).send_proof(proof)

@@ -289,6 +289,9 @@ class Nurture:
         for send_id in sends:  # the outbox copies name the lead too
             for suffix in (".eml", ".tmp"):
                 (self.settings.outbox_dir / f"{send_id}{suffix}").unlink(missing_ok=True)
+        # Test sends rendered for this lead (`nurture email test-send`) have no row: found by name.
+        for proof in self.settings.outbox_dir.glob(f"{journey.proof_prefix(lead.key)}*"):
+            proof.unlink(missing_ok=True)
         # The workflow's own history still holds the address: remove the run as well.
         try:
             client = await self.client()
