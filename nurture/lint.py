@@ -118,10 +118,14 @@ class _Tags(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.no_alt: list[int] = []
         self.links: list[tuple[int, str, str]] = []  # (line, href, text)
+        self.http: list[tuple[int, str]] = []  # (line, URL) of href/src attributes on http:
         self._open: tuple[int, str, list[str]] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = dict(attrs)
+        for name in ("href", "src"):
+            if (values.get(name) or "").lower().startswith("http:"):
+                self.http.append((self.getpos()[0], values[name] or ""))
         if tag == "img" and "alt" not in values:
             self.no_alt.append(self.getpos()[0])
         elif tag == "a":
@@ -143,17 +147,21 @@ def _host(url: str) -> str:
     return host.lower().removeprefix("www.")
 
 
+def _http_finding(file: str, line: int, link: str) -> Finding:
+    return Finding(file, line, f"an http: link ({link}): use https", "warning")
+
+
 def _tag_findings(sources: list[tuple[str, str]]) -> list[Finding]:
     findings = []
     for file, source in sources:
-        for number, text in enumerate(source.splitlines(), start=1):
-            for link in _HTTP_LINK.findall(text):
-                findings.append(Finding(file, number, f"an http: link ({link}): use https", "warning"))
-        if not file.endswith((".html", ".htm")):
+        if not file.endswith((".html", ".htm")):  # a text part: every URL written in it
+            for number, text in enumerate(source.splitlines(), start=1):
+                findings += [_http_finding(file, number, link) for link in _HTTP_LINK.findall(text)]
             continue
         tags = _Tags()
         tags.feed(source)
         tags.close()
+        findings += [_http_finding(file, line, link) for line, link in tags.http]  # not xmlns or DOCTYPE URLs
         for line in tags.no_alt:
             findings.append(Finding(file, line, "an image without alt text: say what it shows (alt=\"\" if "
                                                 "it is decoration)", "warning"))

@@ -90,6 +90,12 @@ def test_each_warning_and_its_passing_template(tmp_path: Path, bad: str, good: s
     assert validate(tmp_path, good) == []
 
 
+def test_namespace_and_doctype_urls_are_not_links(tmp_path: Path) -> None:
+    head = ('<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN" '
+            '"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">\n<html xmlns="http://www.w3.org/1999/xhtml">\n')
+    assert validate(tmp_path, head + HTML + "</html>\n") == []
+
+
 def test_http_links_in_the_text_part_and_long_subjects_are_warnings(tmp_path: Path) -> None:
     long = "A subject that goes on and on about our product until inboxes cut it off somewhere past here"
     text = TEXT.replace("Hello", long).replace("Hi\n", "See http://acme.example/\n")
