@@ -606,18 +606,23 @@ def handoff_lost(handoff_id: int = HandoffArg,
 
 @app.command()
 def outbox(as_json: bool = JsonOpt) -> None:
-    """Emails sent in local-outbox mode (and every send's status)."""
+    """Emails sent in local-outbox mode (and every send's status), then test sends."""
     from nurture import crud
     from nurture.journey import iso
     from nurture.models import as_utc
+    from nurture.outbox import read_proofs
 
     nurture = service()
     with nurture.session() as session:
         rows = [{"to": e.to, "subject": e.subject, "campaign": e.campaign, "step": e.step,
                  "template": e.template, "variant": e.variant, "status": e.status, "provider": e.provider,
                  "sent_at": iso(as_utc(e.sent_at)), "send_id": e.send_id,
-                 "file": str(nurture.settings.outbox_dir / f"{e.send_id}.eml") if e.provider == "outbox" else None}
+                 "file": str(nurture.settings.outbox_dir / f"{e.send_id}.eml") if e.provider == "outbox" else None,
+                 "test": False}
                 for e in crud.list_outbox(session=session)]
+    rows += [{**proof, "campaign": None, "step": None, "template": None, "variant": None, "status": "sent",
+              "provider": "outbox", "sent_at": iso(as_utc(proof["sent_at"])), "send_id": Path(proof["file"]).stem,
+              "test": True} for proof in read_proofs(nurture.settings.outbox_dir)]
     if as_json:
         print_json(rows)
         return

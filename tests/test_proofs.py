@@ -110,3 +110,16 @@ async def test_test_sends_are_rate_limited_across_processes(cli, stack):
     assert refused.returncode == 1
     assert f"limited to {TEST_SENDS_PER_MINUTE} a minute" in one_error_line(refused)
     assert len(list(settings.outbox_dir.glob("test-*.eml"))) == TEST_SENDS_PER_MINUTE
+
+
+async def test_a_test_send_in_outbox_mode_is_listed_by_outbox_as_a_test(cli, stack):
+    sent = await cli("email", "test-send", "welcome", "--to", TESTER, extra_env={"NURTURE_TEST_RECIPIENTS": TESTER})
+    assert sent.returncode == 0, sent.stderr
+    assert f"test send to {TESTER}: \"[TEST] Jane, welcome to Acme" in sent.stdout
+
+    (row,) = json.loads((await cli("outbox", "--json")).stdout)
+
+    assert row["test"] is True and row["to"] == TESTER and row["subject"].startswith("[TEST] Jane, welcome")
+    assert row["campaign"] is None and row["step"] is None and row["sent_at"].endswith("Z")
+    with stack.session() as session:
+        assert crud.list_outbox(session=session) == []  # no email row
