@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from activities.email import EmailActivities, ProofNotSent, SendEmailInput
-from nurture import crud, journey, security
+from nurture import crud, journey
+from nurture.addresses import canonical_email
 from nurture.campaign import Campaign, CampaignError, UnknownCampaignError, find_campaign, load_campaigns, load_funnel
 from nurture.compose import compose
 from nurture.config import Settings
@@ -63,7 +64,7 @@ class Preview:
 def stored_lead(settings: Settings, email: str) -> Recipient:
     """The lead as its workflow last wrote it to the store; NotFound when there is none."""
     try:
-        address = security.normalise_email(email)
+        address = canonical_email(email)
     except ValueError as error:
         raise UserError(f"--email: {error}") from error
     with session_scope(settings.db_url) as session:
@@ -202,13 +203,13 @@ def send_test(settings: Settings, name: str, to: str, lead: Recipient, *, campai
 
 def _allowed(settings: Settings, to: str) -> str:
     try:
-        address = security.normalise_email(to)
+        address = canonical_email(to)
     except ValueError as error:
         raise UserError(f"--to: {error}") from error
     allowed = set()
     for entry in settings.test_recipient_list:
         try:
-            allowed.add(security.normalise_email(entry))
+            allowed.add(canonical_email(entry))
         except ValueError:
             continue  # a typo in the list allows nobody by that name
     if address not in allowed:
