@@ -156,6 +156,9 @@ class EmailActivities:
             "preferences_url": security.preferences_url(public, secret, inp.lead_key),
             **inp.extra,
         }
+        handoff = inp.extra.get("handoff")
+        if handoff and inp.owner:  # the rep's signed link to this handoff (void once reassigned or closed)
+            context["handoff_url"] = security.handoff_url(public, secret, handoff["id"], inp.owner)
         return render_email(self.settings.templates_dir, inp.template, context,
                             locale=inp.profile.get("locale"), subject_override=inp.subject)
 
