@@ -694,10 +694,10 @@ def user_list(as_json: bool = JsonOpt) -> None:
 @user_app.command("remove")
 def user_remove(email: str = typer.Argument(..., metavar="EMAIL", help="The user's email address.")) -> None:
     """Remove a web app user; their sessions stop working at once."""
-    from nurture import crud, security
+    from nurture import addresses, crud
 
     try:
-        address = security.normalise_email(email)
+        address = addresses.canonical_email(email)
     except ValueError as error:
         fail(f"EMAIL: {error}")
     with _store()() as session:

@@ -19,7 +19,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlmodel import Session
 
-from nurture import crud, security
+from nurture import addresses, crud
 from nurture.models import User, utcnow
 
 ROLES = ("marketer", "sales", "admin")
@@ -67,7 +67,7 @@ def signed_in(user: User) -> SignedIn:
 def check_new(email: str, role: str, password: str) -> str:
     """The normalised address, or UserProblem for a bad address, role or password."""
     try:
-        address = security.normalise_email(email)
+        address = addresses.canonical_email(email)
     except ValueError as error:
         raise UserProblem(f"EMAIL: {error}") from error
     if role not in ROLES:
@@ -86,7 +86,7 @@ def hash_password(password: str) -> str:
 def authenticate(session: Session, email: str, password: str) -> User | None:
     """The user whose address and password these are, else None (in about the same time)."""
     try:
-        address = security.normalise_email(email)
+        address = addresses.canonical_email(email)
     except ValueError:
         address = None
     user = crud.get_user(session=session, email=address) if address and len(password) <= MAX_PASSWORD else None

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
-from nurture import crud, security, users
+from nurture import addresses, crud, security, users
 from nurture.config import Settings
 from nurture.db import session_scope
 from nurture.users import SignedIn
@@ -201,7 +201,7 @@ async def login(request: Request) -> Response:
     settings = _settings(request)
     address = request.client.host if request.client else "unknown"
     try:
-        account = security.normalise_email(email)
+        account = addresses.canonical_email(email)
     except ValueError:
         account = email.lower()[:254]
     outcome = await asyncio.to_thread(_check, settings, account, address, email, password)

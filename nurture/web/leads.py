@@ -10,13 +10,14 @@ a campaign by finishing it, by `exit_when`, or by `enroll --switch` into another
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from nurture import crud, security, when
+from nurture import addresses, crud, csvsafe, when
 from nurture.campaign import load_campaigns, load_funnel
 from nurture.config import Settings
 from nurture.db import session_scope
@@ -25,7 +26,6 @@ from nurture.models import Lead, as_utc
 from nurture.service import NotFound, Nurture, UserError, lead_json
 from nurture.temporal import TemporalUnavailable
 from nurture.users import SignedIn
-from nurture.web import export
 from nurture.web.auth import current_user, read_form, refuse
 from nurture.web.chart import score_chart
 from nurture.web.render import message, page
@@ -120,7 +120,9 @@ async def leads_csv(request: Request) -> Response:
         return message(request, 400, "Unknown filter", "; ".join(errors.values()))
     settings = _settings(request)
     rows = await asyncio.to_thread(_all_rows, settings, chosen)
-    return Response(export.to_csv(CSV_COLUMNS, rows), media_type="text/csv; charset=utf-8",
+    out = io.StringIO(newline="")
+    csvsafe.write_csv(out, CSV_COLUMNS, rows)
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": 'attachment; filename="leads.csv"', "Cache-Control": "no-store"})
 
 
@@ -141,7 +143,7 @@ def _all_rows(settings: Settings, chosen: dict[str, str]) -> list[list[Any]]:
 def _find(settings: Settings, email: str, user: SignedIn) -> dict[str, Any] | None | str:
     """Everything the lead's page shows; None if unknown, "refused" if this rep may not see it."""
     try:
-        address = security.normalise_email(email)
+        address = addresses.canonical_email(email)
     except ValueError:
         return None
     with session_scope(settings.db_url) as session:
