@@ -252,6 +252,7 @@ def _store_unsubscribe(settings: Settings, key: str) -> LeadEvent | None:
         event = LeadEvent(id=f"unsub:{key}:{number}", type="email_unsubscribe", at=utcnow())
         crud.add_event(session=session, event=Event(id=event.id, lead_key=key, email=lead.email,
                                                     type=event.type, at=event.at, data={"via": "unsubscribe link"}))
+        crud.note_link_unsubscribe(session=session, key=key, at=event.at)
         return event
 
 

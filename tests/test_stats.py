@@ -1,0 +1,145 @@
+"""Campaign statistics: a scripted journey on the real dev server, driven through the
+signed SendGrid webhook, then the stats JSON, `campaign show --json` and the pages
+checked number by number."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import select
+
+from nurture import crud, journey, rules, stats
+from nurture.dispatcher import dispatch_once
+from nurture.models import Email
+from tests.conftest import Stack, _stack, make_settings
+from tests.test_webhooks import KEY, post, public_key, serve, sg, until
+
+DAY = timedelta(days=1)
+AUTH = {"Authorization": "Bearer test-key"}
+CAMPAIGN = "b2b-trial"
+
+
+def case_study_variant(email: str) -> int:
+    return rules.ab_variant(CAMPAIGN, "case-study", journey.lead_key(email), 2)
+
+
+def addresses(variant_0: int, variant_1: int) -> list[str]:
+    """Lead addresses whose case-study subject is known in advance: the split is by hash."""
+    picked: dict[int, list[str]] = {0: [], 1: []}
+    wanted = {0: variant_0, 1: variant_1}
+    for n in range(200):
+        email = f"lead{n}@globex.example"
+        variant = case_study_variant(email)
+        if len(picked[variant]) < wanted[variant]:
+            picked[variant].append(email)
+    return picked[0] + picked[1]
+
+
+def email_of(stack: Stack, email: str, step: str) -> Email | None:
+    with stack.session() as session:
+        return session.exec(select(Email).where(Email.lead_key == journey.lead_key(email), Email.step == step)).first()
+
+
+async def sent(stack: Stack, email: str, step: str) -> Email:
+    await stack.until(email, lambda _: (row := email_of(stack, email, step)) is not None and row.status == "sent")
+    row = email_of(stack, email, step)
+    assert row is not None
+    return row
+
+
+@pytest.fixture
+async def hook(temporal_env, tmp_path) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
+    settings = make_settings(tmp_path, sendgrid_webhook_public_key=public_key(KEY))
+    async with _stack(temporal_env, settings) as stack, serve(stack) as http:
+        yield stack, http
+
+
+async def scripted_journey(stack: Stack, http: httpx.AsyncClient) -> dict[str, str]:
+    """Four leads through b2b-trial; returns who is who.
+
+    - ann, bob (case-study variant 0) and cat (variant 1) get welcome and case-study;
+      dan's welcome bounces, which ends his journey (`status bounced`).
+    - welcome: delivered to ann, bob, cat; ann opened it only through a privacy proxy
+      (a machine open: not an open), bob opened it twice, cat clicked it.
+    - case-study: bob clicks (so goes on to demo-invite), cat opens it; ann does nothing.
+    - bob becomes an MQL after enrolling (quote request, webinar, download: 60 points).
+    """
+    ann, bob, cat, dan = addresses(2, 1)[0], addresses(2, 1)[1], addresses(2, 1)[2], "dan@initech.example"
+    for email in (ann, bob, cat, dan):
+        await stack.add(email, first_name="Pat", job_title="VP Sales", source="web_form", timezone="Europe/Paris")
+    welcome = {email: await sent(stack, email, "welcome") for email in (ann, bob, cat, dan)}
+    batch = [sg("delivered", email, welcome[email]) for email in (ann, bob, cat)]
+    batch += [sg("open", ann, welcome[ann], sg_machine_open=True),
+              sg("open", bob, welcome[bob]), sg("open", bob, welcome[bob]),
+              sg("click", cat, welcome[cat], url="https://acme.example/trial"),
+              sg("bounce", dan, welcome[dan], type="bounce", reason="550 no such user")]
+    assert (await post(http, batch)).status_code == 200
+    await dispatch_once(stack.settings, stack.client)
+    await until(lambda: stack.show(dan)["campaign"] is None)
+
+    case = {email: await sent(stack, email, "case-study") for email in (ann, bob, cat)}
+    assert [case[e].variant for e in (ann, bob, cat)] == [0, 0, 1]
+    batch = [sg("delivered", email, case[email]) for email in (ann, bob, cat)]
+    batch += [sg("click", bob, case[bob], url="https://acme.example/story"), sg("open", cat, case[cat])]
+    assert (await post(http, batch)).status_code == 200
+    await dispatch_once(stack.settings, stack.client)
+    await sent(stack, bob, "demo-invite")
+    await stack.nurture.ingest_events([{"email": bob, "type": kind} for kind in
+                                       ("quote_request", "webinar_attended", "content_download")])
+    await until(lambda: stack.show(bob)["stage"] == "mql")
+    await until(lambda: all(stack.show(e)["step"] == "wait-click" for e in (ann, cat)))
+    return {"ann": ann, "bob": bob, "cat": cat, "dan": dan}
+
+
+def step(document: dict[str, Any], step_id: str) -> dict[str, Any]:
+    (found,) = [s for s in document["steps"] if s["id"] == step_id]
+    return found
+
+
+async def test_stats_count_the_scripted_journey_exactly(hook):
+    stack, http = hook
+    await scripted_journey(stack, http)
+    response = await http.get(f"/v1/campaigns/{CAMPAIGN}/stats", headers=AUTH)
+    assert response.status_code == 200, response.text
+    doc = response.json()
+    assert (doc["campaign"], doc["enrolled"], doc["active"], doc["completed"]) == (CAMPAIGN, 4, 3, 0)
+    assert doc["exited"] == {"status bounced": 1}
+    assert doc["conversions"] == {"mql": 1, "sql": 0, "opportunity": 0, "customer": 0}
+    assert doc["conversion_rates"]["mql"] == 0.25
+    assert [(s["id"], s["kind"]) for s in doc["steps"]] == [
+        ("welcome", "send"), ("step-2", "wait"), ("case-study", "send"), ("wait-click", "wait_for"),
+        ("demo-invite", "send"), ("step-6", "goto"), ("reminder", "send"), ("branch-hot", "if"),
+        ("step-9", "wait"), ("end", "send")]
+
+    welcome = step(doc, "welcome")
+    assert {k: welcome[k] for k in ("reached", "waiting", "sent", "delivered", "unique_opens", "unique_clicks",
+                                    "bounced", "unsubscribed")} == {
+        "reached": 4, "waiting": 0, "sent": 4, "delivered": 3, "unique_opens": 1, "unique_clicks": 1,
+        "bounced": 1, "unsubscribed": 0}
+    assert welcome["rates"] == {"delivered": 0.75, "open": 0.25, "click": 0.25, "bounce": 0.25, "unsubscribe": 0.0}
+    assert welcome["variants"] == []  # its subject comes from the template: no split
+
+    case = step(doc, "case-study")
+    assert (case["reached"], case["sent"], case["delivered"], case["unique_opens"], case["unique_clicks"]) == (3, 3, 3, 1, 1)
+    assert case["variants"] == [
+        {"subject": "Save 30% like Globex", "sent": 2, "unique_opens": 0, "unique_clicks": 1,
+         "open_rate": 0.0, "click_rate": 0.5},
+        {"subject": "{{ lead.first_name or 'Hi' }}, a story for you", "sent": 1, "unique_opens": 1,
+         "unique_clicks": 0, "open_rate": 1.0, "click_rate": 0.0}]
+    assert case["significance"]["unique_clicks"]["significant"] is False
+    assert 0 < case["significance"]["unique_clicks"]["p_value"] <= 1
+    assert (step(doc, "step-2")["reached"], step(doc, "wait-click")["reached"], step(doc, "wait-click")["waiting"]) == (4, 3, 2)
+    assert (step(doc, "demo-invite")["reached"], step(doc, "demo-invite")["sent"], step(doc, "reminder")["reached"]) == (1, 1, 0)
+    assert sum(day["sent"] for day in doc["per_day"]) == 8
+    assert sum(day["unique_clicks"] for day in doc["per_day"]) == 2
+
+    listed = (await http.get("/v1/campaigns", headers=AUTH)).json()["campaigns"]
+    (mine,) = [c for c in listed if c["campaign"] == CAMPAIGN]
+    assert {k: mine[k] for k in ("enrolled", "active", "completed", "exited", "conversions")} == {
+        k: doc[k] for k in ("enrolled", "active", "completed", "exited", "conversions")}
