@@ -17,8 +17,8 @@ from sqlmodel import select
 from nurture import crud, journey, rules, stats
 from nurture.dispatcher import dispatch_once
 from nurture.models import Email
-from tests.conftest import Stack, _stack, make_settings
-from tests.test_webhooks import KEY, post, public_key, serve, sg, until
+from tests.conftest import Stack
+from tests.test_webhooks import hook, post, sg, until  # noqa: F401 - hook: the webhook fixture
 
 DAY = timedelta(days=1)
 AUTH = {"Authorization": "Bearer test-key"}
@@ -51,13 +51,6 @@ async def sent(stack: Stack, email: str, step: str) -> Email:
     row = email_of(stack, email, step)
     assert row is not None
     return row
-
-
-@pytest.fixture
-async def hook(temporal_env, tmp_path) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
-    settings = make_settings(tmp_path, sendgrid_webhook_public_key=public_key(KEY))
-    async with _stack(temporal_env, settings) as stack, serve(stack) as http:
-        yield stack, http
 
 
 async def scripted_journey(stack: Stack, http: httpx.AsyncClient) -> dict[str, str]:
