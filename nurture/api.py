@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nurture import journey, leadfields, pages, security, stats, webhooks
 from nurture.campaign import CampaignError, UnknownCampaignError
+from nurture.web import campaigns as web_campaigns
 from nurture.config import Settings
 from nurture.service import Conflict, InvalidField, LeadIn, NotFound, Nurture, UserError
 from nurture.temporal import TemporalUnavailable
@@ -260,7 +261,8 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
             raise ApiError(409, str(error).splitlines()[0], "name") from error
 
     app.include_router(webhooks.router)  # POST /webhooks/sendgrid
-    app.include_router(pages.router)  # /u/{token} unsubscribe and preferences, / dashboard
+    app.include_router(pages.router)  # /u/{token} unsubscribe and preferences
+    app.include_router(web_campaigns.router)  # / campaigns overview, /campaigns/{name}
     return app
 
 

@@ -1,4 +1,4 @@
-"""Server-rendered pages: unsubscribe (RFC 8058), preferences, and the dashboard `/`.
+"""Server-rendered pages for leads: unsubscribe (RFC 8058) and preferences.
 
 `/u/{token}`: the token (nurture.security) names the lead and cannot be forged or
 edited; a bad one gets a 404 page and changes nothing. A GET never changes anything
@@ -13,9 +13,8 @@ way. The preferences view (`?view=preferences`) shows the status and lets a lead
 unsubscribed opt in again explicitly; that never undoes a bounce, a spam complaint
 or an erasure.
 
-Every page is Jinja2 with autoescaping. The dashboard is read-only and needs no key:
-it is an operator page, served on 127.0.0.1 by default, and shows lead addresses.
-Do not expose it publicly without putting authentication in front of it.
+Every page is Jinja2 with autoescaping. The web app itself (campaigns, `/`) is in
+`nurture.web`.
 """
 
 from __future__ import annotations
@@ -30,15 +29,15 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import DictLoader, Environment, select_autoescape
-from sqlalchemy import func, update
+from sqlalchemy import update
 from sqlmodel import col, select
 
-from nurture import crud, security, when
+from nurture import crud, security
 from nurture.campaign import find_campaign, load_campaigns
 from nurture.config import Settings
 from nurture.db import session_scope
 from nurture.journey import LeadEvent
-from nurture.models import Email, Event, Handoff, Lead, as_utc, utcnow
+from nurture.models import Email, Event, Lead, utcnow
 from nurture.service import Nurture
 from nurture.wording import plural
 from workflows.lead import EventsInput, LeadWorkflow, ResubscribeInput
@@ -111,34 +110,6 @@ TEMPLATES = {
 {% endblock %}""",
     "message.html": """{% extends "base.html" %}{% block body %}
 <h1>{{ title }}</h1><p>{{ message }}</p>
-{% endblock %}""",
-    "dashboard.html": """{% extends "base.html" %}{% block width %}68rem{% endblock %}{% block body %}
-<h1>nurture</h1>
-<p class="muted">{{ leads|plural("lead") }}, {{ visitors|plural("anonymous visitor") }}. Generated {{ now }}. Read-only.</p>
-<h2>Leads per stage</h2>
-<p class="muted">visitor: anonymous visitors (an anonymous_id with events, not yet a lead).</p>
-<table><tr>{% for stage, n in stages %}<th class="n">{{ stage }}</th>{% endfor %}</tr>
-<tr>{% for stage, n in stages %}<td class="n">{{ n }}</td>{% endfor %}</tr></table>
-<h2>Leads per subscription status</h2>
-<table><tr>{% for status, n in statuses %}<th class="n">{{ status }}</th>{% endfor %}</tr>
-<tr>{% for status, n in statuses %}<td class="n">{{ n }}</td>{% endfor %}</tr></table>
-<h2>Open handoffs</h2>
-{% if handoffs %}<table><tr><th class="n">id</th><th>lead</th><th>owner</th><th class="n">score</th><th>grade</th><th>since</th></tr>
-{% for h in handoffs %}<tr><td class="n">{{ h.id }}</td><td>{{ h.email or "(erased)" }}</td><td>{{ h.owner or "-" }}</td>
-<td class="n">{{ h.score }}</td><td>{{ h.grade }}</td><td>{{ h.since }}</td></tr>{% endfor %}</table>
-{% else %}<p class="muted">None.</p>{% endif %}
-<h2>Sends per campaign and step</h2>
-{% if steps %}<table><tr><th>campaign</th><th>step</th>{% for c in step_columns %}<th class="n">{{ c }}</th>{% endfor %}</tr>
-{% for row in steps %}<tr><td>{{ row.campaign }}</td><td>{{ row.step }}</td>
-{% for c in step_columns %}<td class="n">{{ row[c] }}</td>{% endfor %}</tr>{% endfor %}</table>
-<p class="muted">Marketing email only. Each column counts the emails that got at least that far
-(a clicked email was also delivered and opened); machine opens (privacy proxies) do not count as opened.</p>
-{% else %}<p class="muted">No marketing email yet.</p>{% endif %}
-<h2>Last {{ emails|length|plural("email") }}</h2>
-{% if emails %}<table><tr><th>at</th><th>to</th><th>campaign</th><th>step</th><th>subject</th><th>status</th></tr>
-{% for e in emails %}<tr><td>{{ e.at }}</td><td>{{ e.to or "(erased)" }}</td><td>{{ e.campaign or "-" }}</td>
-<td>{{ e.step or "-" }}</td><td>{{ e.subject }}</td><td>{{ e.status }}</td></tr>{% endfor %}</table>
-{% else %}<p class="muted">No email yet.</p>{% endif %}
 {% endblock %}""",
 }
 
@@ -324,58 +295,3 @@ def _record_consent(settings: Settings, key: str, consent_at: datetime) -> None:
     with session_scope(settings.db_url) as session:
         session.execute(update(Lead).where(col(Lead.key) == key)
                         .values(consent_at=consent_at, status="subscribed", updated_at=utcnow()))
-
-
-# ---------------------------------------------------------------- dashboard
-
-
-STEP_COLUMNS = ("emails", "sent", "delivered", "opened", "clicked", "bounced", "spamreport", "failed", "unknown")
-# Email row status -> the columns it counts in (each column: got at least that far).
-_REACHED = {
-    "sent": ("sent",), "delivered": ("sent", "delivered"), "opened": ("sent", "delivered", "opened"),
-    "clicked": ("sent", "delivered", "opened", "clicked"), "bounced": ("sent", "bounced"),
-    "dropped": ("bounced",), "spamreport": ("sent", "delivered", "spamreport"),
-    "failed": ("failed",), "unknown": ("unknown",),
-}
-
-
-@router.get("/", response_class=HTMLResponse)
-def dashboard(request: Request) -> HTMLResponse:
-    """Counts per stage and status, open handoffs, sends per campaign and step, last emails."""
-    settings: Settings = request.app.state.settings
-    with session_scope(settings.db_url) as session:
-        stages = dict(session.exec(select(Lead.stage, func.count()).group_by(Lead.stage)).all())
-        visitors = crud.count_visitors(session=session)
-        statuses = dict(session.exec(select(Lead.status, func.count()).group_by(Lead.status)).all())
-        handoffs = crud.list_handoffs(session=session, status="open")
-        per_step = session.exec(
-            select(Email.campaign, Email.step, Email.status, func.count())
-            .where(col(Email.marketing).is_(True)).group_by(col(Email.campaign), col(Email.step), col(Email.status))).all()
-        last = session.exec(select(Email).order_by(col(Email.claimed_at).desc()).limit(20)).all()
-    steps: dict[tuple[str, str], dict[str, Any]] = {}
-    for campaign, step, status, count in per_step:
-        row = steps.setdefault((campaign or "-", step or "-"),
-                               {"campaign": campaign or "-", "step": step or "-", **dict.fromkeys(STEP_COLUMNS, 0)})
-        row["emails"] += count
-        for column in _REACHED.get(status, ()):
-            row[column] += count
-    order = ["visitor", "lead", "mql", "sql", "opportunity", "customer", "recycled", "disqualified"]
-    return _page(
-        "dashboard.html", title="nurture dashboard", now=when.labelled(utcnow()),
-        leads=sum(stages.values()), visitors=visitors,
-        stages=[(s, stages.get(s, 0) + (visitors if s == "visitor" else 0)) for s in order]
-        + [(s, n) for s, n in stages.items() if s not in order],
-        statuses=[(s, statuses.get(s, 0)) for s in ("subscribed", "unsubscribed", "bounced", "complained")]
-        + [(s, n) for s, n in statuses.items() if s not in ("subscribed", "unsubscribed", "bounced", "complained")],
-        handoffs=[_handoff_row(h) for h in handoffs],
-        step_columns=STEP_COLUMNS, steps=[steps[k] for k in sorted(steps)],
-        emails=[{"at": when.labelled(as_utc(e.sent_at or e.claimed_at)),
-                 "to": e.to, "campaign": e.campaign, "step": e.step, "subject": e.subject, "status": e.status}
-                for e in last],
-    )
-
-
-def _handoff_row(handoff: Handoff) -> dict[str, Any]:
-    since = when.labelled(as_utc(handoff.created_at))
-    return {"id": handoff.id, "email": handoff.email, "owner": handoff.owner, "score": handoff.score,
-            "grade": handoff.grade, "since": since}

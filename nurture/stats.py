@@ -15,11 +15,11 @@ from typing import Any
 
 from sqlmodel import Session
 
-from nurture import stats_store
+from nurture import crud, stats_store
 from nurture.campaign import Campaign, find_campaign, load_campaigns
 from nurture.config import Settings
 from nurture.db import session_scope
-from nurture.models import as_utc
+from nurture.models import Lead, as_utc
 
 CONFIDENCE = 0.95
 SEND_FIELDS = ("sent", "delivered", "unique_opens", "unique_clicks", "bounced", "unsubscribed")
@@ -160,3 +160,20 @@ def overview_of(settings: Settings, since: datetime | None) -> list[dict[str, An
     campaigns = load_campaigns(settings.campaigns_dir) if settings.campaigns_dir.exists() else []
     with session_scope(settings.db_url) as session:
         return overview(session, campaigns, since)
+
+
+FUNNEL_ORDER = ("visitor", "lead", "mql", "sql", "opportunity", "customer", "recycled", "disqualified")
+STATUS_ORDER = ("subscribed", "unsubscribed", "bounced", "complained")
+
+
+def funnel_of(settings: Settings) -> dict[str, Any]:
+    """Leads now per stage (anonymous visitors at stage visitor) and per subscription status."""
+    with session_scope(settings.db_url) as session:
+        stages = stats_store.leads_per(session=session, column=Lead.stage)
+        statuses = stats_store.leads_per(session=session, column=Lead.status)
+        visitors = crud.count_visitors(session=session)
+    stages["visitor"] = stages.get("visitor", 0) + visitors
+    return {"leads": sum(statuses.values()), "visitors": visitors,
+            "stages": {name: stages.get(name, 0) for name in (*FUNNEL_ORDER, *sorted(set(stages) - set(FUNNEL_ORDER)))},
+            "statuses": {name: statuses.get(name, 0)
+                         for name in (*STATUS_ORDER, *sorted(set(statuses) - set(STATUS_ORDER)))}}

@@ -99,3 +99,8 @@ def _per_day(session: Session, campaign: str, column: Any, since: datetime | Non
     return dict(session.exec(  # type: ignore[arg-type]
         select(day, func.count()).where(Email.campaign == campaign, column.is_not(None), _after(column, since))
         .group_by(day)).all())
+
+
+def leads_per(*, session: Session, column: Any) -> dict[str, int]:
+    """Leads per value of a lead column (stage, status): the funnel under the campaigns."""
+    return dict(session.exec(select(column, func.count()).group_by(column)).all())  # type: ignore[arg-type]

@@ -4,21 +4,23 @@ checked number by number."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
-from collections.abc import AsyncIterator
+import subprocess
+import sys
 from datetime import timedelta
 from typing import Any
 
 import httpx
-import pytest
 from sqlmodel import select
 
-from nurture import crud, journey, rules, stats
+from nurture import journey, rules, stats
 from nurture.dispatcher import dispatch_once
 from nurture.models import Email
 from tests.conftest import Stack
-from tests.test_webhooks import hook, post, sg, until  # noqa: F401 - hook: the webhook fixture
+from tests.test_webhooks import hook, post, serve, sg, until  # noqa: F401 - hook: the webhook fixture
 
 DAY = timedelta(days=1)
 AUTH = {"Authorization": "Bearer test-key"}
@@ -136,3 +138,81 @@ async def test_stats_count_the_scripted_journey_exactly(hook):
     (mine,) = [c for c in listed if c["campaign"] == CAMPAIGN]
     assert {k: mine[k] for k in ("enrolled", "active", "completed", "exited", "conversions")} == {
         k: doc[k] for k in ("enrolled", "active", "completed", "exited", "conversions")}
+
+    await pages_and_cli_show_the_same_numbers(stack, http, doc)
+
+
+def cells(html: str, row: str) -> dict[str, int]:
+    """The numbers of a table row (`<tr data-...="row">`), by each cell's data-field."""
+    found = re.search(rf'<tr data-(?:step|campaign|variant)="{re.escape(row)}">(.*?)</tr>', html, re.S)
+    assert found, row
+    return {name: int(value) for name, value in re.findall(r'data-field="(\w+)">(\d+)', found.group(1))}
+
+
+async def pages_and_cli_show_the_same_numbers(stack: Stack, http: httpx.AsyncClient, doc: dict[str, Any]) -> None:
+    page = await http.get(f"/campaigns/{CAMPAIGN}")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    for entry in doc["steps"]:
+        shown = cells(html, entry["id"])
+        assert shown == {k: entry[k] for k in shown} and shown["reached"] == entry["reached"], entry["id"]
+        if entry["kind"] == "send":
+            assert set(shown) == {"reached", "waiting", "sent", "delivered", "unique_opens", "unique_clicks",
+                                  "bounced", "unsubscribed"}
+    ab = html.split('<table class="ab" data-step="case-study">', 1)[1].split("</table>", 1)[0]
+    for index, variant in enumerate(step(doc, "case-study")["variants"]):
+        assert cells(ab, str(index)) == {k: variant[k] for k in ("sent", "unique_opens", "unique_clicks")}
+    assert re.search(r"unique clicks:\s+p = [0-9.]+, not significant", ab)
+    assert html.count('<g class="step"') == len(doc["steps"]) and "<script" not in html
+    assert re.search(r'<text [^>]*>reached 3 \(75\.0% of enrolled\) · waiting now 0</text>', html)  # case-study box
+    assert "−1 reached the next step" in html  # welcome 4 -> step-2 4 -> case-study 3... the drop is drawn
+    assert 'aria-labelledby="daily-title"' in html
+
+    overview = (await http.get("/")).text
+    assert cells(overview, CAMPAIGN) == {"enrolled": 4, "active": 3, "completed": 0, "mql": 1, "sql": 0,
+                                         "opportunity": 0, "customer": 0}
+    assert '<span data-exit="status bounced">status bounced: 1</span>' in overview
+    assert "(25.0%)" in overview
+    assert "@globex.example" not in overview and "@globex.example" not in html  # no lead address on them
+
+    env = {**os.environ, "NURTURE_HOME": str(stack.settings.home), "NURTURE_DATABASE_URL": stack.settings.db_url,
+           "NURTURE_CAMPAIGNS_DIR": str(stack.settings.campaigns_dir)}
+    shown = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "nurture.cli", "campaign", "show",
+                                                     CAMPAIGN, "--json"], capture_output=True, text=True, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == doc
+    table = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "nurture.cli", "campaign", "show", CAMPAIGN],
+                                    capture_output=True, text=True, env={**env, "COLUMNS": "200"})
+    assert table.returncode == 0 and "enrolled 4, in it now 3, completed 0; exited: status bounced 1" in table.stdout
+    assert "mql 1 (25.0%)" in table.stdout and "A/B: case-study" in table.stdout
+
+
+async def test_unknown_campaign_and_bad_since_are_clear_errors(stack):
+    async with serve(stack) as http:
+        missing = await http.get("/v1/campaigns/nope/stats", headers=AUTH)
+        assert missing.status_code == 404 and missing.json()["field"] == "name"
+        assert "unknown campaign 'nope'" in missing.json()["error"]
+        bad = await http.get(f"/v1/campaigns/{CAMPAIGN}/stats?since=yesterday", headers=AUTH)
+        assert bad.status_code == 422 and bad.json()["field"] == "since"
+        assert (await http.get(f"/v1/campaigns/{CAMPAIGN}/stats")).status_code == 401
+        assert (await http.get("/v1/campaigns")).status_code == 401
+        page = await http.get("/campaigns/nope")
+        assert page.status_code == 404 and "There is no campaign named &#39;nope&#39;." in page.text
+        later = await http.get(f"/v1/campaigns/{CAMPAIGN}/stats?since=2999-01-01T00:00:00Z", headers=AUTH)
+        assert later.status_code == 200 and later.json()["enrolled"] == 0
+    env = {**os.environ, "NURTURE_HOME": str(stack.settings.home), "NURTURE_DATABASE_URL": stack.settings.db_url,
+           "NURTURE_CAMPAIGNS_DIR": str(stack.settings.campaigns_dir)}
+    result = subprocess.run([sys.executable, "-m", "nurture.cli", "campaign", "show", "nope"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and result.stderr.startswith("error: unknown campaign 'nope'")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_significance_is_scipys_two_proportion_test():
+    # 120/1000 against 80/1000 clicks: z = 2.98, p = 0.00287 (the two-proportion z-test).
+    strong = stats.significance([(120, 1000), (80, 1000)])
+    assert strong["significant"] is True and abs(strong["p_value"] - 0.002869) < 1e-6
+    weak = stats.significance([(12, 100), (10, 100)])
+    assert weak["significant"] is False and 0.6 < weak["p_value"] < 0.7
+    assert stats.significance([(0, 10), (0, 12)])["p_value"] is None  # never clicked: no test
+    assert stats.significance([(3, 10), (0, 0)])["p_value"] is None  # a variant not sent yet
