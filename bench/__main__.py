@@ -340,7 +340,22 @@ async def main() -> None:
                         help="worker processes against the one dev server (footprint is the first one's)")
     parser.add_argument("--footprint-budget", type=float, default=180.0,
                         help="seconds allowed for parking leads in the footprint phase")
+    parser.add_argument("--web", action="store_true",
+                        help="only the web phase: p95 server time of /, a campaign page and the stats JSON "
+                             "with 10,000 leads and 50,000 emails, on SQLite and PostgreSQL (--postgres)")
+    parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+                        help="PostgreSQL server for the web phase (a scratch database is made there); '' skips it")
     options = parser.parse_args()
+    if options.web:
+        from bench.web import web_phase
+
+        home = Path(tempfile.mkdtemp(prefix="nurture-bench-web-"))
+        try:
+            figures = await web_phase(home, options.postgres or None)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+        sys.stdout.write(json.dumps(figures, indent=2) + "\n")
+        return
     sizes = QUICK if options.quick else FULL
     home = Path(tempfile.mkdtemp(prefix="nurture-bench-"))
     from nurture.db import upgrade
