@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from nurture import security
 from nurture.journey import suppressing_status
 from nurture.leadfields import check_attributes
-from nurture.models import Counter, Email, Event, Handoff, History, Lead, Suppression, utcnow
+from nurture.models import BulkEnrollment, BulkRun, Counter, Email, Event, Handoff, History, Lead, Suppression, utcnow
 
 PROFILE_COLUMNS = (
     "first_name", "last_name", "company", "job_title", "company_size",
@@ -382,3 +382,82 @@ def list_handoffs(*, session: Session, status: str | None = None) -> Sequence[Ha
         query = query.where(Handoff.status == status)
     return session.exec(query).all()
 
+
+
+# ---------------------------------------------------------------- segments and bulk enrollment
+# `where` is a condition on the lead table from nurture.segments_sql.
+
+
+def count_leads(*, session: Session, where: Any) -> int:
+    return int(session.execute(select(func.count()).select_from(Lead).where(where)).scalar_one())
+
+
+def lead_page(*, session: Session, where: Any, after_id: int, limit: int) -> Sequence[Lead]:
+    """Leads matching `where`, in id order after `after_id` (keyset: pages do not shift)."""
+    return session.exec(select(Lead).where(where, col(Lead.id) > after_id).order_by(col(Lead.id)).limit(limit)).all()
+
+
+def count_by(*, session: Session, where: Any, label: Any) -> dict[str | None, int]:
+    """How many leads matching `where` have each value of `label` (an SQL expression)."""
+    rows = session.execute(select(label.label("label"), func.count()).select_from(Lead).where(where)
+                           .group_by(label)).all()
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def bulk_run(*, session: Session, segment: str, campaign: str) -> BulkRun:
+    """The run of (segment, campaign), created at its first use; a re-run resumes it."""
+    run = session.exec(select(BulkRun).where(BulkRun.segment == segment, BulkRun.campaign == campaign)).first()
+    if run is None:
+        try:
+            with session.begin_nested():
+                run = BulkRun(segment=segment, campaign=campaign)
+                session.add(run)
+        except IntegrityError:  # a concurrent run created it
+            run = session.exec(select(BulkRun).where(BulkRun.segment == segment, BulkRun.campaign == campaign)).one()
+    return run
+
+
+def find_bulk_run(*, session: Session, segment: str, campaign: str) -> BulkRun | None:
+    return session.exec(select(BulkRun).where(BulkRun.segment == segment, BulkRun.campaign == campaign)).first()
+
+
+def enrollment_counts(*, session: Session, keys: Sequence[str], campaign: str) -> dict[str, int]:
+    """How many times each lead's history says it was enrolled in `campaign`."""
+    pattern = "enrolled in " + campaign.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + " (%"
+    rows = session.execute(select(History.lead_key, func.count()).where(
+        col(History.lead_key).in_(list(keys)), History.kind == "note", col(History.reason).like(pattern, escape="\\"))
+        .group_by(History.lead_key)).all()
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def bulk_rows(*, session: Session, run_id: int, keys: Sequence[str]) -> dict[str, BulkEnrollment]:
+    return {row.lead_key: row for row in session.exec(select(BulkEnrollment).where(
+        BulkEnrollment.run_id == run_id, col(BulkEnrollment.lead_key).in_(list(keys))))}
+
+
+def set_bulk_rows(*, session: Session, run_id: int, rows: dict[str, tuple[str, str | None, int | None]]) -> None:
+    """Write each lead's (status, reason, enrollments before) in the run; a None count keeps the stored one."""
+    stored = bulk_rows(session=session, run_id=run_id, keys=list(rows))
+    for key, (status, reason, before) in rows.items():
+        row = stored.get(key) or BulkEnrollment(run_id=run_id, lead_key=key)
+        row.status, row.reason, row.updated_at = status, reason, utcnow()
+        if before is not None:
+            row.enrollments_before = before
+        session.add(row)
+    session.flush()
+
+
+def pending_bulk_rows(*, session: Session, run_id: int) -> Sequence[BulkEnrollment]:
+    return session.exec(select(BulkEnrollment).where(BulkEnrollment.run_id == run_id,
+                                                     BulkEnrollment.status == "pending")).all()
+
+
+def finish_bulk_run(*, session: Session, run_id: int) -> None:
+    session.execute(update(BulkRun).where(col(BulkRun.id) == run_id).values(finished_at=utcnow()))
+
+
+def bulk_statuses(*, session: Session, run_id: int) -> dict[str, int]:
+    """How many leads of the run are pending, enrolled, refused."""
+    rows = session.execute(select(BulkEnrollment.status, func.count()).where(BulkEnrollment.run_id == run_id)
+                           .group_by(BulkEnrollment.status)).all()
+    return {row[0]: int(row[1]) for row in rows}

@@ -13,6 +13,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
+from nurture.values import SQLITE_FUNCTIONS
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -24,6 +26,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # Segments read values in SQL as rules do in Python (PostgreSQL: migration 0005).
+    for name, (arity, function) in SQLITE_FUNCTIONS.items():
+        dbapi_connection.create_function(name, arity, function, deterministic=True)
 
 
 @lru_cache(maxsize=8)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, String, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, String, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -105,6 +105,9 @@ class Lead(SQLModel, table=True):
 class Event(SQLModel, table=True):
     """Every engagement event as received; `dispatched_at` is set once a workflow has it."""
 
+    # Segments' `did` / `not_did`: EXISTS (this lead, this type, since then) walks this index.
+    __table_args__ = (Index("ix_event_lead_type_at", "lead_key", "type", "at"),)
+
     id: str = Field(primary_key=True, max_length=200)  # idempotency key (sg_event_id, client id, ...)
     lead_key: str | None = Field(default=None, index=True, max_length=64)
     email: str | None = Field(default=None, max_length=254)
@@ -185,3 +188,26 @@ class Suppression(SQLModel, table=True):
     email_hash: str = Field(primary_key=True, max_length=64)
     reason: str = Field(max_length=50)
     created_at: datetime = _ts(nullable=False)
+
+
+class BulkRun(SQLModel, table=True):
+    """`nurture enroll --segment S C`: one run per (segment, campaign), resumed by a re-run."""
+
+    __table_args__ = (UniqueConstraint("segment", "campaign"),)
+    id: int | None = Field(default=None, primary_key=True)
+    segment: str = Field(max_length=100)
+    campaign: str = Field(max_length=100)
+    started_at: datetime = _ts(nullable=False)
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class BulkEnrollment(SQLModel, table=True):
+    """One lead of a bulk run: `pending` before its workflow is asked, then `enrolled` or
+    `refused` (with why). A pending row after a crash is settled from the lead's history."""
+
+    run_id: int = Field(primary_key=True)
+    lead_key: str = Field(primary_key=True, max_length=64)
+    status: str = Field(default="pending", max_length=20)
+    reason: str | None = Field(default=None, max_length=500)
+    enrollments_before: int = 0  # the lead's enrollments in the campaign when this row was written
+    updated_at: datetime = _ts(nullable=False)

@@ -173,6 +173,10 @@ class Nurture:
         lead = self._lead(email)
         return await self._update(lead.key, LeadWorkflow.enroll, EnrollRequest(campaign=campaign, switch=switch))
 
+    async def enroll_key(self, key: str, campaign: str) -> LeadResult:
+        """`enroll` by the lead's key (bulk enrollment reads keys from the store)."""
+        return await self._update(key, LeadWorkflow.enroll, EnrollRequest(campaign=campaign))
+
     async def record_event(self, email: str, type_: str, *, at: datetime | None = None,
                            event_id: str | None = None, **fields: Any) -> LeadResult:
         lead = self._lead(email)
