@@ -183,7 +183,7 @@ def rule_text(rule: EventRule | FitRule, *, kind: str | None = None, index: int 
     if kind is not None:
         parts.append(kind if index is None else f"{kind}#{index + 1}")
     if rule.where:
-        parts.append(_flow(rule.where))
+        parts.append(flow_yaml(rule.where))
     parts.append(f"{rule.points:+d}")
     max_per_day = getattr(rule, "max_per_day", None)
     if max_per_day is not None:
@@ -195,12 +195,12 @@ _PLAIN_RE = re.compile(r"[^\s{}\[\],:#'\"&*!|>%@`?-][^{}\[\],:#'\"]*")
 _LOOKS_TYPED = re.compile(r"(?i)true|false|null|yes|no|on|off|~|[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
-def _flow(value: Any) -> str:
+def flow_yaml(value: Any) -> str:
     """YAML flow style, e.g. {url: {contains: /pricing}}, quoting strings only when needed."""
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{_flow(k)}: {_flow(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{flow_yaml(k)}: {flow_yaml(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_flow(v) for v in value) + "]"
+        return "[" + ", ".join(flow_yaml(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:

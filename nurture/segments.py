@@ -40,6 +40,7 @@ from nurture.campaign import (
     _Strict,
     _unknown,
     _validate,
+    format_duration,
 )
 from nurture.yamlload import StatCache
 
@@ -81,7 +82,7 @@ def _score_test(value: Any) -> Any:
     return value
 
 
-ScoreTest = Annotated[dict[str, float], BeforeValidator(_score_test)]
+ScoreTest = Annotated[dict[str, Union[int, float]], BeforeValidator(_score_test)]
 
 
 def _one_or_many(value: Any) -> Any:
@@ -135,6 +136,16 @@ class SegmentsFile(_Strict):
     @classmethod
     def _mapping(cls, value: Any) -> Any:
         return {} if value is None else value
+
+
+def describe(segment: Segment) -> dict[str, Any]:
+    """The segment's conditions as written (durations as 14d), for list/show."""
+    data = segment.model_dump(mode="python", by_alias=True, exclude_none=True, exclude={"name"})
+    for key in ("did", "not_did"):
+        for behaviour in data.get(key, []):
+            if "within" in behaviour:
+                behaviour["within"] = format_duration(behaviour["within"])
+    return data
 
 
 def names(value: str | list[str] | None) -> list[str]:
