@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nurture import journey, leadfields, pages, security, webhooks
 from nurture.config import Settings
+from nurture.leads import FilterError, lead_filters, list_page
 from nurture.service import Conflict, InvalidField, LeadIn, NotFound, Nurture, UserError
 from nurture.temporal import TemporalUnavailable
 
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20  # 1 MiB for the /v1 API
 MAX_WEBHOOK_BODY = 16 << 20  # SendGrid batches run to thousands of events
+LIST_PARAMS = ("stage", "grade", "temperature", "status", "campaign", "q", "limit", "cursor")
 
 
 class ApiError(Exception):
@@ -183,6 +185,20 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
         if result.message:
             lead["enroll_error"] = result.message
         return JSONResponse(lead, status_code=200 if exists else 201)
+
+    @app.get("/v1/leads", dependencies=[Auth])
+    def list_leads(request: Request, nurture: NurtureDep) -> dict[str, Any]:
+        """Leads matching the filters, oldest first: `{"leads": [...], "next_cursor": ...}`."""
+        params = request.query_params
+        unknown = sorted(set(params) - set(LIST_PARAMS))
+        if unknown:
+            raise ApiError(400, f"unknown query parameter '{unknown[0]}' (known: {', '.join(LIST_PARAMS)})", unknown[0])
+        try:
+            filters = lead_filters(**{name: params.get(name) for name in LIST_PARAMS})
+        except FilterError as error:
+            raise ApiError(400, str(error), error.field) from error
+        with nurture.session() as session:
+            return list_page(session, filters)
 
     # `:path`: an address may hold a `/` (`a/b@example.com` is valid).
     @app.get("/v1/leads/{email:path}", dependencies=[Auth])

@@ -32,7 +32,7 @@ app = typer.Typer(help="nurture: lead nurturing journeys on Temporal.", no_args_
 campaign_app = typer.Typer(help="Validate and inspect campaigns.", no_args_is_help=True, rich_markup_mode=None)
 funnel_app = typer.Typer(help="The funnel model (scoring, qualification, handoff).", no_args_is_help=True,
                          rich_markup_mode=None)
-lead_app = typer.Typer(help="Add, show and forget leads.", no_args_is_help=True, rich_markup_mode=None)
+lead_app = typer.Typer(help="Add, list, show and forget leads.", no_args_is_help=True, rich_markup_mode=None)
 handoff_app = typer.Typer(help="Sales handoffs: list, accept, reject, won, lost.", no_args_is_help=True,
                           rich_markup_mode=None)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True, rich_markup_mode=None)
@@ -409,14 +409,12 @@ def render_lead(lead: dict[str, Any]) -> None:
     bant = "  ".join(f"{k}={'yes' if v else 'no' if v is False else '?'}" for k, v in lead["bant"].items())
     name = " ".join(filter(None, [lead.get("first_name"), lead.get("last_name")]))
     out.print(f"[bold]{escape(lead['email'])}[/bold] {escape(name)}  {escape(lead.get('company') or '')}")
+    render_profile(lead)
     out.print(f"stage [bold]{lead['stage']}[/bold]  status {lead['status']}  score [bold]{lead['score']}[/bold]"
               f"  grade {lead['grade']}  {lead['temperature']}  owner {lead['owner'] or '-'}")
     out.print(f"BANT {bant}")
     zone = lead.get("timezone")  # a lead's own times are shown in its zone (nurture.when)
-    if lead["campaign"]:
-        until = f" until {when.labelled(lead['next_action_at'], zone)}" if lead.get("next_action_at") else ""
-        waiting = f", waiting for {lead['waiting_for']}{until}" if lead.get("waiting_for") else ""
-        out.print(f"campaign {lead['campaign']}, step {lead['step']}{waiting}", markup=False)
+    render_journey(lead)
     table = table_of(when.header("at", zone), "kind", "delta", "score", "reason", numeric=("delta", "score"),
                      title="history")
     for entry in lead["history"]:
@@ -435,6 +433,40 @@ def table_of(*columns: str, numeric: tuple[str, ...] = (), title: str | None = N
     return table
 
 
+SEND_HOLDS = ("send window", "frequency cap")  # what a step's email may wait for (workflows/lead.py)
+
+
+def render_journey(lead: dict[str, Any]) -> None:
+    """Where the lead is in its campaign and what it waits for; an email held by the
+    send window or the frequency cap says so, and when it will leave."""
+    if not lead["campaign"]:
+        return
+    where = f"campaign {lead['campaign']}, step {lead['step']}"
+    waiting = lead.get("waiting_for")
+    until = f" until {when.labelled(lead['next_action_at'], lead.get('timezone'))}" if lead.get("next_action_at") else ""
+    if waiting in SEND_HOLDS:
+        where += f": its email waits for the {waiting}{until}"
+    elif waiting:
+        where += f", waiting for {waiting}{until}"
+    out.print(Text(where), soft_wrap=True)
+
+
+PROFILE_LABELS = (("job_title", "job title"), ("company_size", "company size"), ("country", "country"),
+                  ("timezone", "timezone"), ("locale", "locale"), ("source", "source"))
+
+
+def render_profile(lead: dict[str, Any]) -> None:
+    """What the lead told us (or the import or form did): every stored profile field, then
+    the attributes; '-' where nothing is stored."""
+    fields = "  ".join(f"{label} {lead.get(name) if lead.get(name) is not None else '-'}"
+                       for name, label in PROFILE_LABELS)
+    attributes = lead.get("attributes") or {}
+    listed = "  ".join(f"{key}={value}" for key, value in sorted(attributes.items())) if attributes else "-"
+    # Text, not markup (the values are data); soft_wrap: a line per field group, never cut.
+    out.print(Text(fields), soft_wrap=True)
+    out.print(Text(f"attributes {listed}"), soft_wrap=True)
+
+
 def history_reason(entry: dict[str, Any]) -> str:
     """The reason as the table shows it: a scored event also names the rule that gave
     its points, by position and text (the JSON keeps it in detail.rule)."""
@@ -443,6 +475,56 @@ def history_reason(entry: dict[str, Any]) -> str:
     if rule and rule not in reason:
         reason = f"{reason}: rule {rule}"
     return reason
+
+
+@lead_app.command("list")
+def lead_list(
+    stage: Optional[str] = typer.Option(None, "--stage", help="Only leads at this stage (lead, mql, sql, ...)."),
+    grade: Optional[str] = typer.Option(None, "--grade", help="Only leads of this grade (A, B, C, D, F)."),
+    temperature: Optional[str] = typer.Option(None, "--temperature", help="cold, warm or hot."),
+    status: Optional[str] = typer.Option(None, "--status", help="subscribed, unsubscribed, bounced or complained."),
+    campaign: Optional[str] = typer.Option(None, "--campaign", help="Only leads now in this campaign."),
+    q: Optional[str] = typer.Option(None, "--q", help="Search: part of the address, the name or the company."),
+    limit: int = typer.Option(50, "--limit", help="Leads per page (1-500)."),
+    cursor: Optional[str] = typer.Option(None, "--cursor", help="Where to go on: the cursor the last page printed."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Leads matching the filters, oldest first, a page at a time."""
+    from nurture.db import session_scope, upgrade
+    from nurture.leads import FilterError, lead_filters, list_page
+
+    try:
+        filters = lead_filters(stage=stage, grade=grade, temperature=temperature, status=status,
+                               campaign=campaign, q=q, limit=limit, cursor=cursor)
+    except FilterError as error:
+        fail(f"--{error.field}: {error.message}", 2)
+    settings = cfg()
+    upgrade_quietly(settings, upgrade)
+    with session_scope(settings.db_url) as session:
+        page = list_page(session, filters)
+    if as_json:
+        print_json(page)
+        return
+    render_lead_page(page)
+
+
+def render_lead_page(page: dict[str, Any]) -> None:
+    table = Table()
+    # The address is what a reader copies into the next command: never cut short.
+    table.add_column("email", no_wrap=True, min_width=max((len(lead["email"]) for lead in page["leads"]), default=5))
+    for header in ("name", "company", "stage", "score", "grade", "temperature", "status", "campaign", "step"):
+        table.add_column(header, overflow="fold", justify="right" if header == "score" else "left")
+    for lead in page["leads"]:
+        name = " ".join(filter(None, [lead.get("first_name"), lead.get("last_name")]))
+        table.add_row(Text(lead["email"]), Text(name), Text(lead.get("company") or ""), lead["stage"],
+                      str(lead["score"]), lead["grade"], lead["temperature"], lead["status"],
+                      Text(lead["campaign"] or "-"), Text(lead["step"] or "-"))
+    out.print(table)
+    shown = f"{len(page['leads'])} lead(s)"
+    if page["next_cursor"]:
+        out.print(f"{shown}; more with --cursor {page['next_cursor']}", markup=False)
+    else:
+        out.print(shown, markup=False)
 
 
 @lead_app.command("forget")
@@ -628,7 +710,7 @@ def handoff_lost(handoff_id: int = HandoffArg,
 
 @app.command()
 def outbox(as_json: bool = JsonOpt) -> None:
-    """Emails sent in local-outbox mode (and every send's status)."""
+    """Emails sent in local-outbox mode (and every send's status), then those waiting to leave."""
     from nurture import crud
     from nurture.vocabulary import iso
     from nurture.models import as_utc
@@ -640,6 +722,7 @@ def outbox(as_json: bool = JsonOpt) -> None:
                  "sent_at": iso(as_utc(e.sent_at)), "send_id": e.send_id,
                  "file": str(nurture.settings.outbox_dir / f"{e.send_id}.eml") if e.provider == "outbox" else None}
                 for e in crud.list_outbox(session=session)]
+        held = [] if as_json else crud.held_emails(session=session, holds=SEND_HOLDS)
     if as_json:
         print_json(rows)
         return
@@ -648,6 +731,21 @@ def outbox(as_json: bool = JsonOpt) -> None:
         table.add_row(when.clock(row["sent_at"]), row["to"] or "(forgotten)", Text(row["subject"] or ""),
                       row["campaign"] or "-", row["step"] or "-", row["status"])
     out.print(table)
+    render_held(held, sent=len(rows))
+
+
+def render_held(held: list[Any], *, sent: int) -> None:
+    """Emails not in the outbox yet because they wait (send window, frequency cap): an
+    empty outbox at night is not a fault, and this says so."""
+    if not held:
+        if not sent:
+            out.print("nothing sent yet, and no email is waiting to leave", markup=False)
+        return
+    out.print(f"{'nothing sent yet; ' if not sent else ''}{len(held)} email(s) waiting to leave:", markup=False)
+    for lead in held:
+        until = when.labelled(lead.next_action_at, lead.timezone)
+        out.print(Text(f"  {lead.email}: {lead.campaign}, step {lead.step}, waits for the {lead.waiting_for} until {until}"),
+                  soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:

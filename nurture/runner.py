@@ -29,19 +29,22 @@ def _stop_event() -> asyncio.Event:
 
 async def _serve_worker(client: Any, settings: Settings, stop: asyncio.Event) -> None:
     from nurture.dispatcher import run_dispatcher
+    from nurture.starter import run_starter
     from worker import build_worker
 
     worker = build_worker(client, settings)
     task = asyncio.create_task(worker.run())
-    # Stored webhook events -> the leads' workflows; stopped by the same stop event.
-    dispatcher = asyncio.create_task(run_dispatcher(settings, client, stop))
+    # Stored webhook events and stored leads not yet started -> the leads' workflows;
+    # stopped by the same stop event.
+    helpers = [asyncio.create_task(run_dispatcher(settings, client, stop)),
+               asyncio.create_task(run_starter(settings, client, stop))]
     try:
         await _until(stop, task)
         if not task.done():
             await worker.shutdown()
     finally:
         stop.set()
-        await dispatcher
+        await asyncio.gather(*helpers)
 
 
 def _bind_http(settings: Settings) -> socket.socket:

@@ -13,7 +13,7 @@ import hashlib
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
@@ -21,6 +21,7 @@ from sqlmodel import Session
 from nurture import crud, leadfields, security
 from nurture.config import Settings
 from nurture.db import reclaim_erased, session_scope
+from nurture.leads import lead_document
 from nurture.models import Event, Lead, as_utc, utcnow
 from nurture.temporal import TemporalUnavailable, connect
 from nurture.vocabulary import BANT_KEYS, SUPPRESSING_EVENTS, iso
@@ -87,11 +88,13 @@ class LeadIn:
 
 @dataclass
 class StoredLead:
-    """A lead row as written, ready to hand to its workflow."""
+    """A lead row as written, ready to hand to its workflow; `token` is its start mark's."""
 
     key: str
     profile: LeadProfile
     created: bool
+    campaign: str | None = None
+    token: str = ""
 
 
 @dataclass
@@ -129,13 +132,15 @@ class Nurture:
         data = _checked(data)  # a bad value is the user's error, whatever else is down
         await self.client()  # fail fast (exit 3) before writing anything
         with self.session() as session:
-            stored = self.store_lead(session, data)
-        return await self.start_lead(stored, campaign=campaign)
+            stored = self.store_lead(session, data, campaign=campaign)
+        return await self.start_lead(stored)
 
-    def store_lead(self, session: Session, data: LeadIn) -> StoredLead:
+    def store_lead(self, session: Session, data: LeadIn, *, campaign: str | None = None) -> StoredLead:
         """Write the lead's row (created, or the fields given filled in) in the caller's
-        transaction; UserError, with nothing written, if a value is refused (nurture.leadfields)
-        or the address may not be used."""
+        transaction, with its start mark (see LeadStart): until `start_lead` has handed
+        it to its workflow, a crash leaves the mark for the starter. UserError, with
+        nothing written, if a value is refused (nurture.leadfields) or the address may
+        not be used."""
         from nurture.journey import LeadProfile, lead_key
 
         data = _checked(data)
@@ -151,15 +156,35 @@ class Nurture:
             raise InvalidField(error) from None
         # state_version 0: stored before, but its workflow never got through a first
         # task (a run stopped between the store and Temporal): it is still new to it.
-        return StoredLead(lead.key, LeadProfile(**crud.profile_of(lead)), created or lead.state_version == 0)
+        mark = crud.mark_start(session=session, key=lead.key, created=created or lead.state_version == 0,
+                               campaign=campaign, lease=self.start_lease)
+        return StoredLead(lead.key, LeadProfile(**crud.profile_of(lead)), mark.created, mark.campaign, mark.token)
 
-    async def start_lead(self, stored: StoredLead, *, campaign: str | None = None) -> LeadResult:
-        """Hand a stored lead to its workflow (started if new), waiting for the result."""
+    @property
+    def start_lease(self) -> timedelta:
+        """How long a start mark stays with the process that wrote it: past the longest
+        update it may wait for, so the starter never hands over a lead still in hand."""
+        return timedelta(seconds=self.settings.update_timeout + 15)
+
+    async def start_lead(self, stored: StoredLead) -> LeadResult:
+        """Hand a stored lead to its workflow (started if new), waiting for the result,
+        then clear its start mark. A refusal (UserError) is an answer too: cleared."""
         from workflows.lead import LeadWorkflow, ProfileUpdate
 
-        return await self._update(stored.key, LeadWorkflow.upsert_profile,
-                                  ProfileUpdate(profile=stored.profile, created=stored.created, campaign=campaign),
-                                  profile=stored.profile)
+        update = ProfileUpdate(profile=stored.profile, created=stored.created, campaign=stored.campaign)
+        try:
+            result = await self._update(stored.key, LeadWorkflow.upsert_profile, update, profile=stored.profile)
+        except UserError:
+            self._clear_start(stored)
+            raise
+        # (TemporalUnavailable, or this process dies: the mark stays for the starter.)
+        self._clear_start(stored)
+        return result
+
+    def _clear_start(self, stored: StoredLead) -> None:
+        if stored.token:
+            with self.session() as session:
+                crud.clear_start(session=session, key=stored.key, token=stored.token)
 
     async def enroll(self, email: str, campaign: str, *, switch: bool = False) -> LeadResult:
         from workflows.lead import EnrollRequest, LeadWorkflow
@@ -495,31 +520,14 @@ def _event_id(key: str, type_: str, at: datetime, data: dict[str, Any]) -> str:
 
 
 def lead_json(session: Session, lead: Lead) -> dict[str, Any]:
-    """`nurture lead show --json` from the store (contract section 4)."""
+    """`nurture lead show --json` from the store (contract section 4): the lead's
+    document (everything stored about it) and its history."""
     history = crud.list_history(session=session, key=lead.key)
     return {
-        "email": lead.email,
-        "first_name": lead.first_name,
-        "last_name": lead.last_name,
-        "company": lead.company,
-        "job_title": lead.job_title,
-        "stage": lead.stage,
-        "status": lead.status,
-        "score": lead.score,
-        "fit": lead.fit,
-        "grade": lead.grade,
-        "temperature": lead.temperature,
-        "owner": lead.owner,
-        "bant": {key: lead.bant.get(key) for key in BANT_KEYS},
-        "campaign": lead.campaign,
-        "step": lead.step,
-        "waiting_for": lead.waiting_for,
-        "next_action_at": iso(as_utc(lead.next_action_at)),
-        "created_at": iso(as_utc(lead.created_at)),
+        **lead_document(lead),
         "history": [
             {"at": iso(as_utc(h.at)), "kind": h.kind, "delta": h.delta, "reason": h.reason,
              "score": h.score, **({"detail": h.detail} if h.detail else {})}
             for h in history
         ],
     }
-
