@@ -170,9 +170,12 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
     _install_host_check(app, settings.allowed_host_names)  # added last: runs first
 
     @app.get("/healthz")
-    def healthz() -> dict[str, bool]:
-        """Liveness."""
-        return {"ok": True}
+    def healthz() -> dict[str, Any]:
+        """Liveness: 200 while the process serves. A broken configuration file makes it
+        {"ok": false, "degraded": [one line per file]}, still 200: journeys go on, on
+        the file's last valid version, and taking the API away would only stop more."""
+        degraded = [broken.line() for broken in app.state.nurture.config.broken()]
+        return {"ok": False, "degraded": degraded} if degraded else {"ok": True}
 
     @app.post("/v1/leads", dependencies=[Auth])
     async def upsert_lead(body: LeadBody, nurture: NurtureDep) -> JSONResponse:

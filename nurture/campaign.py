@@ -1510,6 +1510,18 @@ def load_campaigns(directory: Path) -> list[Campaign]:
     return sorted((item.model for item in checked), key=lambda campaign: campaign.name)
 
 
+def load_campaign_files(directory: Path) -> tuple[list[Campaign], dict[Path, CampaignError]]:
+    """The valid campaigns of `directory` and the errors of each file that is not (a name
+    used twice counts against the later file): one broken file leaves the others usable."""
+    checked = [_check_campaign(path) for path in _campaign_files(Path(directory))]
+    problems: dict[str, list[Problem]] = {}
+    for problem in [p for item in checked for p in item.errors] + _duplicate_name_problems(checked):
+        problems.setdefault(problem.file, []).append(problem)
+    errors = {item.file: CampaignError(problems[str(item.file)]) for item in checked if str(item.file) in problems}
+    valid = [item.model for item in checked if item.file not in errors]
+    return sorted(valid, key=lambda campaign: campaign.name), errors
+
+
 def find_campaign(directory: Path, name: str) -> Campaign:
     """The campaign whose `name:` is `name`. Other files' errors do not stand in the way;
     this one's do (CampaignError). Unknown name: UnknownCampaignError (a KeyError too)."""

@@ -246,19 +246,26 @@ def campaign_validate(paths: list[Path] = typer.Argument(..., help="Campaign fil
 
 @campaign_app.command("list")
 def campaign_list(as_json: bool = JsonOpt) -> None:
-    """The campaigns in NURTURE_CAMPAIGNS_DIR."""
-    from nurture.campaign import CampaignError, load_campaigns
+    """The campaigns in NURTURE_CAMPAIGNS_DIR (a broken file: its last valid version, and exit 1)."""
+    from nurture.lastvalid import ConfigFiles
 
     settings = cfg()
-    try:
-        campaigns = load_campaigns(settings.campaigns_dir) if settings.campaigns_dir.exists() else []
-    except CampaignError as error:
-        fail(f"{str(error).splitlines()[0]} (run `nurture campaign validate {settings.campaigns_dir}`)")
+    config = ConfigFiles(settings)
+    campaigns = config.campaigns()
     rows = [{"name": c.name, "description": c.description, "steps": len(c.steps), "version": c.version,
              "auto_on": c.enroll.auto_on, "file": c.source_file} for c in campaigns]
     if as_json:
         print_json(rows)
-        return
+    else:
+        print_campaigns(rows)
+    broken = config.broken()
+    for file in broken:
+        err.print(f"error: {file.line()}", markup=False, soft_wrap=True)
+    if broken:
+        fail(f"{plural(len(broken), 'file')} invalid (run `nurture campaign validate {settings.campaigns_dir}`)")
+
+
+def print_campaigns(rows: list[dict[str, Any]]) -> None:
     table = table_of("name", "steps", "auto_on", "version", "file", "description", numeric=("steps",))
     for row in rows:
         table.add_row(row["name"], str(row["steps"]), ", ".join(row["auto_on"]) or "-", row["version"],
@@ -321,23 +328,31 @@ def funnel_schema() -> None:
 
 @funnel_app.command("show")
 def funnel_show(as_json: bool = JsonOpt) -> None:
-    """The funnel model in force (defaults filled in)."""
+    """The funnel model in force (defaults filled in); while funnel.yaml is broken, its last
+    valid version, and exit 1."""
     import yaml
 
-    from nurture.campaign import CampaignError, load_funnel
+    from nurture.lastvalid import ConfigFiles, NoValidFunnel
 
     settings = cfg()
     path = settings.funnel_file
+    config = ConfigFiles(settings)
     try:
-        funnel = load_funnel(path if path.exists() else None)
-    except CampaignError as error:
-        fail(str(error).splitlines()[0])
+        funnel = config.funnel()
+    except NoValidFunnel as error:
+        fail(str(error))
     data = funnel.model_dump(mode="json", by_alias=True, exclude={"version", "source_file"})
+    broken = [file for file in config.broken() if file.is_funnel]
     if as_json:
         print_json(data)
-        return
-    out.print(f"# funnel in force: {path if path.exists() else 'built-in defaults'}", markup=False)
-    out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), markup=False)
+    else:
+        shown = path if path.exists() else "built-in defaults"
+        if broken:
+            shown = f"the last valid version ({funnel.version}) of {path}"
+        out.print(f"# funnel in force: {shown}", markup=False, soft_wrap=True)
+        out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), markup=False)
+    if broken:
+        fail(broken[0].line())
 
 
 # ---------------------------------------------------------------- leads
@@ -403,6 +418,18 @@ def lead_show(email: str = EmailArg, as_json: bool = JsonOpt) -> None:
         print_json(lead)
         return
     render_lead(lead)
+    render_broken_files(lead, nurture.settings)
+
+
+def render_broken_files(lead: dict[str, Any], settings: Settings) -> None:
+    """The configuration files this lead's journey depends on that are broken now: it runs
+    on their last valid version (or waits for one), and the reader should know."""
+    from nurture.lastvalid import ConfigFiles
+
+    for broken in ConfigFiles(settings).broken():
+        waits = lead["campaign"] is None and not broken.fallback  # its automatic enrollment may wait
+        if broken.is_funnel or broken.campaign == lead["campaign"] or waits:
+            out.print(Text(f"warning: {broken.line()}", style="yellow"), soft_wrap=True)
 
 
 def render_lead(lead: dict[str, Any]) -> None:

@@ -560,18 +560,10 @@ async def import_file(nurture: Nurture, path: str | Path, *, campaign: str | Non
 
 
 def _check_campaign(nurture: Nurture, name: str) -> None:
-    """Refuse an unknown campaign once, up front, rather than on every new lead."""
-    from nurture.campaign import CampaignError, UnknownCampaignError, find_campaign
-
-    directory = nurture.settings.campaigns_dir
-    if not directory.exists():
-        return  # the workers may see campaigns this machine does not: let them decide
-    try:
-        find_campaign(directory, name)
-    except UnknownCampaignError as error:
-        raise UserError(f"--campaign: {str(error).splitlines()[0]}") from error
-    except CampaignError as error:
-        raise UserError(f"--campaign {name}: {str(error).splitlines()[0]}") from error
+    """Refuse an unknown or broken campaign once, up front, rather than on every new lead."""
+    problem = nurture.campaign_problem(name)
+    if problem:
+        raise UserError(f"--campaign: {problem}")
 
 
 # ---------------------------------------------------------------- progress

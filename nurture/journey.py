@@ -130,6 +130,8 @@ class LeadState:
     handoffs: int = 0
     enrollment: Enrollment | None = None
     enrollments: int = 0
+    # The trigger of an automatic enrollment that waits for a broken campaign file.
+    pending_enroll: str | None = None
     finished_campaigns: list[str] = field(default_factory=list)
     seen_event_ids: list[str] = field(default_factory=list)
     day_counts: dict[str, int] = field(default_factory=dict)

@@ -67,6 +67,28 @@ async def _serve_api(settings: Settings, stop: asyncio.Event, client: Any | None
     await task
 
 
+async def _report_broken_files(settings: Settings, console: Console, stop: asyncio.Event) -> None:
+    """One line when a configuration file breaks and one when it is fixed: the journeys run
+    on its last valid version meanwhile, and this terminal is where the operator looks."""
+    from rich.markup import escape
+
+    from nurture.lastvalid import ConfigFiles
+
+    config = ConfigFiles(settings)
+    shown: dict[str, str] = {}
+    while not stop.is_set():
+        now = {broken.file: broken.line() for broken in config.broken()}
+        for file, line in now.items():
+            if shown.get(file) != line:
+                console.print(f"[bold red]config error[/bold red] {escape(line)}"
+                              f" (check with `nurture campaign validate {escape(file)}`)", soft_wrap=True)
+        for file in shown.keys() - now.keys():
+            console.print(f"[green]config fixed[/green] {escape(file)} is valid again and in force", soft_wrap=True)
+        shown = now
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2)
+
+
 async def _until(stop: asyncio.Event, task: asyncio.Task[Any]) -> None:
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
@@ -157,7 +179,8 @@ async def run_up(settings: Settings, console: Console) -> None:
     _print_off(settings, console)
     console.print("Ctrl-C stops all.")
     try:
-        await asyncio.gather(_serve_worker(client, settings, stop), _serve_api(settings, stop, client, sock))
+        await asyncio.gather(_serve_worker(client, settings, stop), _serve_api(settings, stop, client, sock),
+                             _report_broken_files(settings, console, stop))
     finally:
         if server is not None:
             server.stop()
@@ -169,7 +192,7 @@ async def run_worker(settings: Settings, console: Console) -> None:
     stop = _stop_event()
     client = await connect(settings)
     console.print(f"worker on {settings.temporal_target}, task queue {settings.task_queue}; Ctrl-C stops")
-    await _serve_worker(client, settings, stop)
+    await asyncio.gather(_serve_worker(client, settings, stop), _report_broken_files(settings, console, stop))
 
 
 async def run_api(settings: Settings, console: Console) -> None:

@@ -24,12 +24,13 @@ from nurture.db import reclaim_erased, session_scope
 from nurture.leads import lead_document
 from nurture.models import Event, Lead, as_utc, utcnow
 from nurture.temporal import TemporalUnavailable, connect
-from nurture.vocabulary import BANT_KEYS, SUPPRESSING_EVENTS, iso
+from nurture.vocabulary import SUPPRESSING_EVENTS, iso
 
 if TYPE_CHECKING:
     from temporalio.client import Client
 
     from nurture.journey import LeadEvent, LeadProfile
+    from nurture.lastvalid import BrokenFile, ConfigFiles
     from workflows.lead import LeadResult
 
 # temporalio, the workflow module and the journey are imported in the methods that
@@ -116,6 +117,17 @@ class Nurture:
         self._client = client
         # lead key -> its queue of updates; dropped by itself once no update holds it
         self._slots: weakref.WeakValueDictionary[str, asyncio.Semaphore] = weakref.WeakValueDictionary()
+        self._config: ConfigFiles | None = None
+
+    @property
+    def config(self) -> ConfigFiles:
+        """The files in force, re-read only when they change (loaded on first use: the
+        campaign models are not for the read commands)."""
+        if self._config is None:
+            from nurture.lastvalid import ConfigFiles
+
+            self._config = ConfigFiles(self.settings)
+        return self._config
 
     async def client(self) -> Client:
         if self._client is None:
@@ -130,6 +142,8 @@ class Nurture:
     async def add_lead(self, data: LeadIn, *, campaign: str | None = None) -> LeadResult:
         """Create or update a lead by email; enroll it by name or by `auto_on: created`."""
         data = _checked(data)  # a bad value is the user's error, whatever else is down
+        if campaign is not None:
+            self.check_campaign(campaign)
         await self.client()  # fail fast (exit 3) before writing anything
         with self.session() as session:
             stored = self.store_lead(session, data, campaign=campaign)
@@ -190,7 +204,29 @@ class Nurture:
         from workflows.lead import EnrollRequest, LeadWorkflow
 
         lead = self._lead(email)
+        self.check_campaign(campaign)
         return await self._update(lead.key, LeadWorkflow.enroll, EnrollRequest(campaign=campaign, switch=switch))
+
+    def check_campaign(self, name: str) -> None:
+        """Refuse, before anything is written, an enrollment in a campaign that does not
+        exist or whose file is invalid now: the worker would only refuse it later."""
+        problem = self.campaign_problem(name)
+        if problem:
+            raise InvalidField(leadfields.FieldError("campaign", problem))
+
+    def campaign_problem(self, name: str) -> str | None:
+        """Why an enrollment in `name` is refused now (unknown, or its file invalid), or None."""
+        directory = self.settings.campaigns_dir
+        if not directory.exists():
+            return None  # the workers may see campaigns this machine does not: let them decide
+        from nurture.campaign import CampaignError, find_campaign
+        from nurture.lastvalid import campaign_refusal
+
+        try:
+            find_campaign(directory, name)
+        except CampaignError as error:
+            return campaign_refusal(name, error)
+        return None
 
     async def record_event(self, email: str, type_: str, *, at: datetime | None = None,
                            event_id: str | None = None, **fields: Any) -> LeadResult:
@@ -343,6 +379,7 @@ class Nurture:
         from workflows.lead import LeadWorkflow, RescoreInput
 
         lead = self._lead(email)
+        self._refuse_a_broken_funnel("rescore")
         return await self._update(lead.key, LeadWorkflow.rescore, RescoreInput())
 
     async def rescore_all(self, *, progress: Callable[[int, int], None] | None = None,
@@ -350,6 +387,7 @@ class Nurture:
         """`rescore` for every lead, a few at a time; `progress(done, total)` after each.
         A lead that refuses (forgotten meanwhile) is reported and the others go on; no
         worker or no Temporal stops the whole run (TemporalUnavailable)."""
+        self._refuse_a_broken_funnel("rescore")
         with self.session() as session:
             emails = crud.lead_emails(session=session)
         report = RescoreReport(leads=len(emails))
@@ -472,12 +510,31 @@ class Nurture:
             return await asyncio.wait_for(client.execute_update_with_start_workflow(
                 update, arg, start_workflow_operation=start, result_type=LeadResult), timeout=max(timeout, 0.001))
         except (asyncio.TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as error:
-            raise TemporalUnavailable(
-                f"no worker answered within {self.settings.update_timeout:g}s on task queue "
-                f"'{self.settings.task_queue}': is `nurture up` or `nurture worker` running? "
-                "(stored events are delivered once one runs)") from error
+            raise TemporalUnavailable(self._unanswered()) from error
         except WorkflowUpdateFailedError as error:
             raise UserError(_failure_message(error)) from error
+
+
+    def _broken_funnel(self) -> BrokenFile | None:
+        return next((broken for broken in self.config.broken() if broken.is_funnel), None)
+
+    def _refuse_a_broken_funnel(self, what: str) -> None:
+        """A rescore asks for funnel.yaml as it is now: while it is broken, the last valid
+        version runs, and rescoring under it is not what the operator asked for."""
+        funnel = self._broken_funnel()
+        if funnel is not None:
+            raise UserError(f"{what} refused while funnel.yaml is invalid: {funnel.error}")
+
+    def _unanswered(self) -> str:
+        """Why an update found no answer in time: usually no worker; but a funnel.yaml
+        broken with no valid version holds a lead that has no funnel yet, and says so."""
+        funnel = self._broken_funnel()
+        if funnel is not None and not funnel.fallback:
+            return (f"no answer within {self.settings.update_timeout:g}s: {funnel.line()}; what was sent is kept "
+                    "and applied once the file is valid")
+        return (f"no worker answered within {self.settings.update_timeout:g}s on task queue "
+                f"'{self.settings.task_queue}': is `nurture up` or `nurture worker` running? "
+                "(stored events are delivered once one runs)")
 
 
 def _normalised(email: str) -> str:
