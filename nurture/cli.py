@@ -41,6 +41,8 @@ app.add_typer(funnel_app, name="funnel")
 app.add_typer(lead_app, name="lead")
 app.add_typer(handoff_app, name="handoff")
 app.add_typer(db_app, name="db")
+email_app = typer.Typer(help="Preview an email for a lead, or send yourself a proof.", no_args_is_help=True)
+app.add_typer(email_app, name="email")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -235,9 +237,9 @@ def campaign_validate(paths: list[Path] = typer.Argument(..., help="Campaign fil
     from nurture.campaign import validate_paths
 
     settings = cfg()
-    problems = validate_paths(paths, settings.templates_dir)
+    problems = validate_paths(paths, settings.templates_dir, settings.funnel_file)
     for problem in problems:
-        (err if problem.severity == "error" else out).print(str(problem), markup=False, soft_wrap=True)
+        (err if problem.severity == "error" else out).print(problem.shown(), markup=False, soft_wrap=True)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise typer.Exit(1)
@@ -278,6 +280,7 @@ def campaign_test(
     file: Path = typer.Argument(..., help="The campaign file to preview."),
     lead: Path = typer.Option(..., "--lead", help="LEAD.json: an object of lead fields (email required)."),
     events: Optional[Path] = typer.Option(None, "--events", help="EVENTS.yaml: [{at: 2d3h, type: email_click, step: ...}]"),
+    with_text: bool = typer.Option(False, "--render", help="Include each sent email's rendered text."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a campaign for one lead under simulated time, sending nothing, and print its timeline."""
@@ -287,7 +290,7 @@ def campaign_test(
 
     settings = cfg()
     try:
-        campaign, warnings = check_campaign(file, settings.templates_dir)
+        campaign, warnings = check_campaign(file, settings.templates_dir, settings.funnel_file)
         data = read_lead(lead)
         scripted = read_events(events, campaign) if events else []
     except CampaignError as error:
@@ -300,10 +303,13 @@ def campaign_test(
         err.print(str(warning), markup=False, soft_wrap=True)
     with err.status("simulating on an embedded Temporal server..."):
         timeline = run(lambda: run_preview(file, data, scripted, settings))
+    if not with_text:
+        for entry in timeline.entries:
+            entry.text = None
     if as_json:
         print_json([entry.as_json() for entry in timeline.entries])
     else:
-        render(timeline, out)
+        render(timeline, out, texts=with_text)
     for entry in timeline.failed:  # the timeline shows them; the exit code tells scripts and CI
         err.print(f"error: step {entry.detail.get('step')} at {format_offset(entry.offset)}: {entry.reason}",
                   markup=False, soft_wrap=True)
@@ -737,19 +743,25 @@ def handoff_lost(handoff_id: int = HandoffArg,
 
 @app.command()
 def outbox(as_json: bool = JsonOpt) -> None:
-    """Emails sent in local-outbox mode (and every send's status), then those waiting to leave."""
+    """Emails sent in local-outbox mode (and every send's status), then test sends, then
+    those waiting to leave."""
     from nurture import crud
     from nurture.vocabulary import iso
     from nurture.models import as_utc
+    from nurture.outbox import read_proofs
 
     nurture = service()
     with nurture.session() as session:
         rows = [{"to": e.to, "subject": e.subject, "campaign": e.campaign, "step": e.step,
                  "template": e.template, "variant": e.variant, "status": e.status, "provider": e.provider,
                  "sent_at": iso(as_utc(e.sent_at)), "send_id": e.send_id,
-                 "file": str(nurture.settings.outbox_dir / f"{e.send_id}.eml") if e.provider == "outbox" else None}
+                 "file": str(nurture.settings.outbox_dir / f"{e.send_id}.eml") if e.provider == "outbox" else None,
+                 "test": False}
                 for e in crud.list_outbox(session=session)]
         held = [] if as_json else crud.held_emails(session=session, holds=SEND_HOLDS)
+    rows += [{**proof, "campaign": None, "step": None, "template": None, "variant": None, "status": "sent",
+              "provider": "outbox", "sent_at": iso(as_utc(proof["sent_at"])), "send_id": Path(proof["file"]).stem,
+              "test": True} for proof in read_proofs(nurture.settings.outbox_dir)]
     if as_json:
         print_json(rows)
         return
@@ -773,6 +785,98 @@ def render_held(held: list[Any], *, sent: int) -> None:
         until = when.labelled(lead.next_action_at, lead.timezone)
         out.print(Text(f"  {lead.email}: {lead.campaign}, step {lead.step}, waits for the {lead.waiting_for} until {until}"),
                   soft_wrap=True)
+
+
+# ---------------------------------------------------------------- emails
+
+LeadFileOpt = typer.Option(None, "--lead", help="LEAD.json: an object of lead fields (email required).")
+LeadEmailOpt = typer.Option(None, "--email", help="A lead in the store, by address.")
+CampaignOpt = typer.Option(None, "--campaign", help="The campaign whose step sends it (sender, subject variant).")
+StepOpt = typer.Option(None, "--step", help="The step id within --campaign.")
+
+
+def _email_lead(settings: Settings, lead: Optional[Path], email: Optional[str]) -> Any:
+    """The lead to render for: --lead FILE, --email (the store), else the sample lead."""
+    # nurture.proofs imports the send activity's module (temporalio): only commands that need it load it.
+    from nurture.db import upgrade
+    from nurture.proofs import file_lead, sample_lead, stored_lead
+
+    if lead is not None and email is not None:
+        fail("give --lead or --email, not both")
+    if email is not None:
+        upgrade_quietly(settings, upgrade)
+        return stored_lead(settings, email)
+    return file_lead(lead) if lead is not None else sample_lead()
+
+
+@email_app.command("preview")
+def email_preview(
+    name: str = typer.Argument(..., help="The email: templates/email/NAME.html and NAME.txt."),
+    lead: Optional[Path] = LeadFileOpt,
+    email: Optional[str] = LeadEmailOpt,
+    campaign: Optional[str] = CampaignOpt,
+    step: Optional[str] = StepOpt,
+    html: Optional[Path] = typer.Option(None, "--html", help="Write the HTML part to this file."),
+    text_only: bool = typer.Option(False, "--text", help="Print the text part only."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Exactly what the send would send this lead: prints the headers and the text part."""
+    from nurture.proofs import preview
+    from nurture.service import UserError
+
+    settings = cfg()
+    try:
+        shown = preview(settings, name, _email_lead(settings, lead, email), campaign=campaign, step=step)
+        if html is not None:
+            html.write_text(shown.email.html, encoding="utf-8")
+    except UserError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"--html {html}: cannot write it: {error.strerror or error}")
+    if as_json:
+        print_json(shown.as_json())
+        return
+    if text_only:
+        sys.stdout.write(shown.email.text)
+        return
+    data = shown.as_json()
+    for label, key in (("From", "from"), ("Reply-To", "reply_to"), ("To", "to"), ("Subject", "subject")):
+        if data[key]:
+            out.print(Text(f"{label}: {data[key]}"), soft_wrap=True)
+    where = [f"campaign {data['campaign']} step {data['step']}" if data["campaign"] else "no campaign",
+             f"template {name}{'.' + data['locale'] if data['locale'] else ''}"]
+    if data["variant"] is not None:
+        where.append(f"subject variant {data['variant']}")
+    out.print(Text(f"({'; '.join(where)}; HTML: {len(shown.email.html.encode())} bytes"
+                   + (f", written to {html})" if html else ", --html FILE writes it)")), soft_wrap=True)
+    out.print()
+    sys.stdout.flush()
+    sys.stdout.write(shown.email.text if shown.email.text.endswith("\n") else shown.email.text + "\n")
+
+
+@email_app.command("test-send")
+def email_test_send(
+    name: str = typer.Argument(..., help="The email: templates/email/NAME.html and NAME.txt."),
+    to: str = typer.Option(..., "--to", help="Who gets the proof: one of NURTURE_TEST_RECIPIENTS."),
+    lead: Optional[Path] = LeadFileOpt,
+    email: Optional[str] = LeadEmailOpt,
+    campaign: Optional[str] = CampaignOpt,
+    step: Optional[str] = StepOpt,
+) -> None:
+    """Send one proof, subject prefixed [TEST]: recorded on no lead, counted in no stats."""
+    from nurture.db import upgrade
+    from nurture.proofs import send_test
+    from nurture.service import UserError
+
+    settings = cfg()
+    try:
+        chosen = _email_lead(settings, lead, email)
+        upgrade_quietly(settings, upgrade)  # the rate limit is counted in the store
+        sent = send_test(settings, name, to, chosen, campaign=campaign, step=step)
+    except UserError as error:
+        fail(str(error))
+    where = f"written to {sent.file}" if sent.file else f"sent through SendGrid (message id {sent.message_id or '?'})"
+    out.print(Text(f"test send to {to}: \"{sent.subject}\" {where}"), soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:

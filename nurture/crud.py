@@ -469,6 +469,15 @@ def next_counter(*, session: Session, name: str) -> int:
     return taken - 1
 
 
+def take_rate_slot(*, session: Session, name: str, limit: int, window_seconds: int, now: datetime) -> bool:
+    """One use of the rate limit `name`, shared by every process on this store: True while
+    fewer than `limit` uses were taken in the current fixed window (counted from the epoch,
+    so every process agrees on it). Counters of past windows are deleted as we go."""
+    bucket = f"{name}:{int(now.timestamp()) // window_seconds}"
+    session.execute(delete(Counter).where(col(Counter.name).startswith(f"{name}:"), col(Counter.name) != bucket))
+    return next_counter(session=session, name=bucket) < limit
+
+
 def create_handoff(*, session: Session, handoff: Handoff) -> Handoff:
     session.add(handoff)
     session.flush()

@@ -358,6 +358,11 @@ class Nurture:
         for send_id in sends:  # the outbox copies name the lead too
             for suffix in (".eml", ".tmp"):
                 (self.settings.outbox_dir / f"{send_id}{suffix}").unlink(missing_ok=True)
+        # Test sends rendered for this lead (`nurture email test-send`) have no row: found by name.
+        from nurture.journey import proof_prefix
+
+        for proof in self.settings.outbox_dir.glob(f"{proof_prefix(lead.key)}*"):
+            proof.unlink(missing_ok=True)
         # The workflow's own history still holds the address: remove the run as well.
         try:
             client = await self.client()

@@ -203,13 +203,12 @@ class LeadWorkflow:
         if not await self._wait_for_send_slot(enrollment):
             return None
         campaign = enrollment.campaign
-        variant = rules.ab_variant(campaign.name, step.id, self.s.key, len(step.subject)) if step.subject else None
+        email = journey.step_email(campaign, step, self.s.key)
+        variant = email["variant"]
         result = await self._send(SendEmailInput(
             send_id=journey.send_id(self.s.key, campaign.name, enrollment.number, step.id),
-            lead_key=self.s.key, to=self.s.profile.email, template=step.send,
-            profile=self.s.profile.record(), sender=campaign.sender.from_, reply_to=campaign.sender.reply_to,
-            campaign=campaign.name, step=step.id, owner=self.s.owner,
-            subject=step.subject[variant] if variant is not None else None, variant=variant,
+            lead_key=self.s.key, to=self.s.profile.email, profile=self.s.profile.record(), owner=self.s.owner,
+            **email,
         ))
         async with self.lock:
             if result.status == "sent":
