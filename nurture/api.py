@@ -11,12 +11,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nurture import journey, leadfields, pages, security, webhooks
+from nurture import journey, leadfields, pages, security, web, webhooks
 from nurture.config import Settings
 from nurture.leads import FilterError, lead_filters, list_page
 from nurture.service import Conflict, InvalidField, LeadIn, NotFound, Nurture, UserError
@@ -166,6 +166,7 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
     app.state.nurture = Nurture(settings, client)
     app.state.settings = settings
     _install_errors(app)
+    web.install(app)  # the sign-in guard; installed first so the body limit runs before it
     _install_body_limit(app)
     _install_host_check(app, settings.allowed_host_names)  # added last: runs first
 
@@ -308,7 +309,10 @@ def _install_errors(app: FastAPI) -> None:
         return body(503, "the store is unavailable, try again shortly")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, error: StarletteHTTPException) -> Response:
+        if web.is_page(request.url.path):  # a person's browser: a page, not JSON
+            return web.render.message(request, error.status_code, "Not found" if error.status_code == 404
+                                      else "Cannot do that", str(error.detail))
         return body(error.status_code, str(error.detail))
 
 

@@ -36,6 +36,7 @@ lead_app = typer.Typer(help="Add, list, show and forget leads.", no_args_is_help
 handoff_app = typer.Typer(help="Sales handoffs: list, accept, reject, won, lost.", no_args_is_help=True,
                           rich_markup_mode=None)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True, rich_markup_mode=None)
+user_app = typer.Typer(help="Web app users: add, list, remove.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(funnel_app, name="funnel")
 app.add_typer(lead_app, name="lead")
@@ -43,6 +44,7 @@ app.add_typer(handoff_app, name="handoff")
 app.add_typer(db_app, name="db")
 email_app = typer.Typer(help="Preview an email for a lead, or send yourself a proof.", no_args_is_help=True)
 app.add_typer(email_app, name="email")
+app.add_typer(user_app, name="user")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -877,6 +879,89 @@ def email_test_send(
         fail(str(error))
     where = f"written to {sent.file}" if sent.file else f"sent through SendGrid (message id {sent.message_id or '?'})"
     out.print(Text(f"test send to {to}: \"{sent.subject}\" {where}"), soft_wrap=True)
+
+
+# ---------------------------------------------------------------- web app users
+
+
+def _store() -> Any:
+    """The session factory of a migrated store, without the Temporal client: user
+    commands never talk to Temporal (and stay fast)."""
+    from nurture.db import session_scope, upgrade
+
+    settings = cfg()
+    upgrade_quietly(settings, upgrade)
+    return lambda: session_scope(settings.db_url)
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        fail("password: stdin is not a terminal; pipe the password with --password-stdin", 2)
+    import getpass
+
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password again: ") != first:
+        fail("password: the two entries differ; nothing was changed")
+    return first
+
+
+@user_app.command("add")
+def user_add(
+    email: str = typer.Argument(..., metavar="EMAIL", help="The user's email address (they sign in with it)."),
+    role: str = typer.Option(..., "--role", help="marketer, sales or admin."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from the first line of stdin."),
+) -> None:
+    """Add a web app user; without --password-stdin, asks for the password twice (hidden)."""
+    # Imported here: argon2 and the store are not needed by other commands.
+    from nurture import crud, users
+
+    password = _read_password(password_stdin)
+    try:
+        address = users.check_new(email, role, password)
+    except users.UserProblem as error:
+        fail(str(error))
+    with _store()() as session:
+        added = crud.add_user(session=session, email=address, role=role, password_hash=users.hash_password(password))
+    if added is None:
+        fail(f"{address}: a user with this address already exists (remove it first)")
+    out.print(f"user {address} added ({role})", markup=False)
+
+
+@user_app.command("list")
+def user_list(as_json: bool = JsonOpt) -> None:
+    """The web app users and their roles."""
+    from nurture import crud
+    from nurture.journey import iso
+    from nurture.models import as_utc
+
+    with _store()() as session:
+        rows = [{"email": u.email, "role": u.role, "created_at": iso(as_utc(u.created_at))}
+                for u in crud.list_users(session=session)]
+    if as_json:
+        print_json(rows)
+        return
+    table = table_of("email", "role", when.header("created"))
+    for row in rows:
+        table.add_row(row["email"], row["role"], when.clock(row["created_at"]))
+    out.print(table)
+
+
+@user_app.command("remove")
+def user_remove(email: str = typer.Argument(..., metavar="EMAIL", help="The user's email address.")) -> None:
+    """Remove a web app user; their sessions stop working at once."""
+    from nurture import addresses, crud
+
+    try:
+        address = addresses.canonical_email(email)
+    except ValueError as error:
+        fail(f"EMAIL: {error}")
+    with _store()() as session:
+        removed = crud.remove_user(session=session, email=address)
+    if not removed:
+        fail(f"{address}: no such user")
+    out.print(f"user {address} removed", markup=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,7 +53,7 @@ def email_context(settings: Settings, parts: EmailParts) -> dict[str, Any]:
     """The template context of contract section 2 for this send, plus `sender`."""
     secret, public = settings.signing_secret(), settings.public_url
     address = parts.sender_address or funnel_sender_address(settings)
-    return {
+    context = {
         "lead": parts.profile,
         "campaign": parts.campaign,
         "step": parts.step,
@@ -63,6 +63,10 @@ def email_context(settings: Settings, parts: EmailParts) -> dict[str, Any]:
         "preferences_url": security.preferences_url(public, secret, parts.lead_key),
         **parts.extra,
     }
+    handoff = parts.extra.get("handoff")
+    if handoff and parts.owner:  # the rep's signed link to this handoff (void once reassigned or closed)
+        context["handoff_url"] = security.handoff_url(public, secret, handoff["id"], parts.owner)
+    return context
 
 
 def compose(settings: Settings, parts: EmailParts) -> Rendered:

@@ -17,7 +17,9 @@ from sqlmodel import Session, col, select
 
 from nurture import security
 from nurture.leadfields import check_attributes
-from nurture.models import Counter, Email, Event, Handoff, History, Lead, LeadStart, Suppression, utcnow
+from nurture.models import (
+    Counter, Email, Event, Handoff, History, Lead, LeadStart, SignInFailure, Suppression, User, utcnow,
+)
 from nurture.vocabulary import suppressing_status
 
 PROFILE_COLUMNS = (
@@ -505,3 +507,65 @@ def list_handoffs(*, session: Session, status: str | None = None) -> Sequence[Ha
         query = query.where(Handoff.status == status)
     return session.exec(query).all()
 
+
+
+def handoffs_of(*, session: Session, owner: str | None = None, key: str | None = None) -> Sequence[Handoff]:
+    """Handoffs, newest first: all, one owner's, or one lead's."""
+    query = select(Handoff).order_by(col(Handoff.id).desc())
+    if owner is not None:
+        query = query.where(Handoff.owner == owner)
+    if key is not None:
+        query = query.where(Handoff.lead_key == key)
+    return session.exec(query).all()
+
+
+# ---------------------------------------------------------------- web app users
+
+
+def get_user(*, session: Session, email: str) -> User | None:
+    return session.exec(select(User).where(User.email == email)).first()
+
+
+def get_user_by_id(*, session: Session, user_id: int) -> User | None:
+    return session.get(User, user_id)
+
+
+def add_user(*, session: Session, email: str, role: str, password_hash: str) -> User | None:
+    """A new user, or None when the address already has one."""
+    user = User(email=email, role=role, password_hash=password_hash)
+    try:
+        with session.begin_nested():
+            session.add(user)
+    except IntegrityError:
+        return None
+    return user
+
+
+def list_users(*, session: Session) -> Sequence[User]:
+    return session.exec(select(User).order_by(col(User.email))).all()
+
+
+def remove_user(*, session: Session, email: str) -> bool:
+    return bool(session.execute(delete(User).where(col(User.email) == email)).rowcount)  # type: ignore[attr-defined]
+
+
+def set_password_hash(*, session: Session, user_id: int, password_hash: str) -> None:
+    session.execute(update(User).where(col(User.id) == user_id).values(password_hash=password_hash))
+
+
+def add_signin_failure(*, session: Session, account: str, address: str) -> None:
+    session.add(SignInFailure(account=account, address=address))
+
+
+def signin_failures(*, session: Session, account: str, address: str, since: datetime) -> tuple[list[datetime], list[datetime]]:
+    """When sign-ins failed since `since`, oldest first: for the account, for the address."""
+    found = session.exec(select(SignInFailure).where(
+        col(SignInFailure.at) >= since,
+        or_(col(SignInFailure.account) == account, col(SignInFailure.address) == address),
+    ).order_by(col(SignInFailure.at))).all()
+    return ([f.at for f in found if f.account == account], [f.at for f in found if f.address == address])
+
+
+def prune_signin_failures(*, session: Session, before: datetime) -> None:
+    """Failures too old to matter to the throttle."""
+    session.execute(delete(SignInFailure).where(col(SignInFailure.at) < before))

@@ -424,6 +424,7 @@ _SAMPLE: dict[str, Any] = {
                "address": "Acme Inc. · 100 Market Street · Springfield, CA 94000 · USA"},
     "unsubscribe_url": "http://127.0.0.1:8000/u/amFuZS5kb2VAZ2xvYmV4LmV4YW1wbGU.c2FtcGxlLXRva2VuLXNpZ25hdHVyZQ",
     "preferences_url": "http://127.0.0.1:8000/u/amFuZS5kb2VAZ2xvYmV4LmV4YW1wbGU.c2FtcGxlLXRva2VuLXNpZ25hdHVyZQ?view=preferences",
+    "handoff_url": "http://127.0.0.1:8000/h/MTJ8YWxpY2VAYWNtZS5leGFtcGxl.c2FtcGxlLXRva2VuLXNpZ25hdHVyZQ",
     "handoff": {
         "id": 12,
         "kind": "new",
@@ -451,7 +452,8 @@ def sample_context() -> dict[str, Any]:
     `lead`: the lead's fields, `lead.attributes` and `lead.bant`; `campaign`: the
     campaign's name; `step`: the step id; `owner`: the assigned rep's email or None;
     `unsubscribe_url`, `preferences_url`; `sender`: `name`, `email`, `reply_to` and
-    `address` (the postal address marketing email shows); `handoff` (for `sales_handoff`): `id`, `kind`
+    `address` (the postal address marketing email shows); `handoff_url` (for `sales_handoff`:
+    the rep's signed link to the handoff's page) and `handoff`: `id`, `kind`
     (new, reminder, reassigned or taken-away), `score`, `grade`, `bant`, `reasons`
     (strings) and `events` ({type, at}).
     """

@@ -207,3 +207,23 @@ class Suppression(SQLModel, table=True):
     email_hash: str = Field(primary_key=True, max_length=64)
     reason: str = Field(max_length=50)
     created_at: datetime = _ts(nullable=False)
+
+
+class User(SQLModel, table=True):
+    """A person who signs in to the web app (contract section 7); the password only as an
+    argon2id hash."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True, max_length=254)
+    role: str = Field(max_length=20)  # marketer | sales | admin
+    password_hash: str = Field(max_length=200)
+    created_at: datetime = _ts(nullable=False)
+
+
+class SignInFailure(SQLModel, table=True):
+    """A failed sign-in, kept in the store so the throttle holds across API processes."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    account: str = Field(index=True, max_length=254)
+    address: str = Field(index=True, max_length=64)
+    at: datetime = _ts(nullable=False, index=True)
