@@ -5,7 +5,6 @@ Start several, here or on other machines, against one Temporal cluster to scale 
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from typing import Any
 

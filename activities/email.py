@@ -19,7 +19,7 @@ import os
 import socket
 import time
 import urllib.error
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import make_msgid, parseaddr
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ from nurture import crud, outbox, security
 from nurture.addresses import fold_stored
 from nurture.config import Settings
 from nurture.db import session_scope
-from nurture.emails import Rendered, TemplateError, render_email
+from nurture.compose import compose
+from nurture.emails import Rendered, TemplateError
 from nurture.models import Email, utcnow
 
 # How long a send accepted by the provider keeps trying to record it (the activity's
@@ -61,6 +62,8 @@ class SendEmailInput:
     marketing: bool = True  # transactional mail (to sales owners) has no unsubscribe
     owner: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # more template context, e.g. handoff
+    sender_address: str | None = None  # the campaign's postal address; None: funnel.yaml's
+    proof: bool = False  # a test send (`nurture email test-send`): names no lead, campaign or step
 
 
 @dataclass
@@ -78,6 +81,10 @@ class _Refused(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ProofNotSent(Exception):
+    """A test send that did not go out; `str()` says why in one line."""
 
 
 class EmailActivities:
@@ -145,19 +152,7 @@ class EmailActivities:
             return row
 
     def _render(self, inp: SendEmailInput) -> Rendered:
-        secret = self.settings.signing_secret()
-        public = self.settings.public_url
-        context = {
-            "lead": inp.profile,
-            "campaign": inp.campaign,
-            "step": inp.step,
-            "owner": inp.owner,
-            "unsubscribe_url": security.unsubscribe_url(public, secret, inp.lead_key),
-            "preferences_url": security.preferences_url(public, secret, inp.lead_key),
-            **inp.extra,
-        }
-        return render_email(self.settings.templates_dir, inp.template, context,
-                            locale=inp.profile.get("locale"), subject_override=inp.subject)
+        return compose(self.settings, inp)  # the one rendering previews and test sends use too
 
     def _mark_sending(self, row: Email, rendered: Rendered) -> None:
         with session_scope(self.settings.db_url) as session:
@@ -216,6 +211,22 @@ class EmailActivities:
         with session_scope(self.settings.db_url) as session:
             crud.set_email_status(session=session, send_id=send_id, status=status, **fields)
 
+    def send_proof(self, inp: SendEmailInput) -> tuple[str, str | None]:
+        """A test send (`nurture email test-send`), outside any workflow: rendered as the
+        send renders, `[TEST] ` before its subject, handed to the same provider code, with
+        no claim and no email row: it is recorded on no lead and counted in no stats.
+        Returns (provider, message id); ProofNotSent when it did not go."""
+        rendered = self._render(inp)
+        rendered = replace(rendered, subject=f"[TEST] {rendered.subject}")
+        try:
+            if self.settings.sendgrid_api_key:
+                return "sendgrid", self._send_sendgrid(inp, rendered)
+            return "outbox", self._write_outbox(inp, rendered)
+        except _Refused as refused:
+            raise ProofNotSent(f"the provider refused the test send (HTTP {refused.status}): {refused}") from refused
+        except (OSError, urllib.error.URLError) as error:
+            raise ProofNotSent(f"cannot reach the provider: {error}") from error
+
     # ------------------------------------------------------------ providers
 
     def _send_sendgrid(self, inp: SendEmailInput, rendered: Rendered) -> str | None:
@@ -238,7 +249,7 @@ class EmailActivities:
             mail.reply_to = ReplyTo(reply_address, reply_name or None)
         for key, value in self._custom_args(inp).items():
             mail.custom_arg = CustomArg(key, value)
-        if inp.campaign:
+        if inp.campaign and not inp.proof:
             mail.category = Category(inp.campaign)
         for key, value in self._list_headers(inp).items():
             mail.header = Header(key, value)
@@ -250,11 +261,13 @@ class EmailActivities:
         lead = inp.lead_key if inp.marketing else None
         args = {"lead": lead, "send_id": inp.send_id, "campaign": inp.campaign, "step": inp.step,
                 "kind": None if inp.marketing else "sales"}
+        if inp.proof:  # a tester's opens and clicks are no lead's, no campaign's and no step's
+            args = {"send_id": inp.send_id, "kind": "test"}
         return {key: value for key, value in args.items() if value}
 
     def _list_headers(self, inp: SendEmailInput) -> dict[str, str]:
-        if not inp.marketing:
-            return {}  # RFC 8058 one-click belongs on marketing mail only
+        if not inp.marketing or inp.proof:
+            return {}  # RFC 8058 one-click belongs on marketing mail only, and never unsubscribes a tester
         url = security.unsubscribe_url(self.settings.public_url, self.settings.signing_secret(), inp.lead_key)
         return {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
 

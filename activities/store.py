@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from nurture import crud, rules
-from nurture.campaign import Campaign, CampaignError, Funnel, find_campaign, load_campaigns, load_funnel
+from nurture.campaign import Campaign, CampaignError, Funnel, find_campaign
 from nurture.config import Settings
 from nurture.db import session_scope
 from nurture.journey import HistoryEntry, LeadEvent, LeadProfile, Projection
+from nurture.lastvalid import ConfigFiles, NoValidFunnel, campaign_refusal
 
 
 @dataclass
@@ -40,6 +40,7 @@ class StartConfig:
 
     funnel: Funnel
     campaigns: list[Campaign] = field(default_factory=list)
+    unusable: list[str] = field(default_factory=list)  # broken campaign files with no valid version
 
 
 @dataclass
@@ -58,6 +59,7 @@ class PickCampaignInput:
 @dataclass
 class PickCampaignResult:
     campaign: Campaign | None = None
+    unusable: list[str] = field(default_factory=list)  # broken campaign files with no valid version
 
 
 @dataclass
@@ -104,77 +106,41 @@ def event_from_row(row: Any) -> LeadEvent:
                      reason=reason, **known)
 
 
-class _FileCache:
-    """Parsed YAML kept while its files are unchanged (a stat per file, not a parse).
-
-    For a folder the stamp covers every YAML file in it, so editing a campaign in
-    place (which leaves the folder's own mtime alone) is seen at once.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[Path, tuple[tuple[Any, ...], Any]] = {}
-
-    @staticmethod
-    def _stamp(path: Path) -> tuple[Any, ...]:
-        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
-        stamp = []
-        for file in files:
-            try:
-                stat = file.stat()
-                stamp.append((file.name, stat.st_mtime_ns, stat.st_size))
-            except FileNotFoundError:
-                stamp.append((file.name, 0, 0))
-        return tuple(stamp)
-
-    def get(self, path: Path, load: Any) -> Any:
-        stamp = self._stamp(path)
-        cached = self._entries.get(path)
-        if cached and cached[0] == stamp:
-            return cached[1]
-        value = load()
-        self._entries[path] = (stamp, value)
-        return value
-
-
 class StoreActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._cache = _FileCache()
+        self.config = ConfigFiles(settings)
 
     @activity.defn
     def load_funnel(self, _: LoadFunnelInput) -> Funnel:
-        path = self.settings.funnel_file
+        """The funnel in force (a broken file's last valid version); the workflow keeps the
+        copy it holds, or waits, when there is none (FunnelInvalid)."""
         try:
-            return self._cache.get(path, lambda: load_funnel(path if path.exists() else None))
-        except CampaignError as error:
-            # A broken funnel file must not change anyone's score: stop and say why.
-            raise ApplicationError(f"funnel: {error}", type="CampaignError", non_retryable=True) from error
+            return self.config.funnel()
+        except NoValidFunnel as error:
+            raise ApplicationError(str(error), type="FunnelInvalid", non_retryable=True,
+                                   category=ApplicationErrorCategory.BENIGN) from error
 
     @activity.defn
     def load_campaign(self, inp: LoadCampaignInput) -> Campaign:
+        """An explicit enrollment takes the file as it is now: a broken one is refused."""
         try:
             return find_campaign(self.settings.campaigns_dir, inp.name)
         except CampaignError as error:
-            raise ApplicationError(str(error).splitlines()[0], type="CampaignError", non_retryable=True) from error
+            raise ApplicationError(campaign_refusal(inp.name, error), type="CampaignError", non_retryable=True,
+                                   category=ApplicationErrorCategory.BENIGN) from error
 
     @activity.defn
     def load_start(self, inp: LoadStartInput) -> StartConfig:
         return StartConfig(self.load_funnel(LoadFunnelInput()),
-                           [c for c in self._campaigns() if inp.trigger in c.enroll.auto_on])
+                           [c for c in self.config.campaigns() if inp.trigger in c.enroll.auto_on],
+                           unusable=self.config.unusable_campaign_files())
 
     @activity.defn
     def pick_campaign(self, inp: PickCampaignInput) -> PickCampaignResult:
         """The campaign a lead enters automatically: highest priority, then name."""
-        return PickCampaignResult(rules.pick_campaign(self._campaigns(), inp.trigger, inp.profile, inp.stage,
-                                                      inp.finished))
-
-    def _campaigns(self) -> list[Campaign]:
-        directory = self.settings.campaigns_dir
-        try:
-            return self._cache.get(directory, lambda: load_campaigns(directory)) if directory.exists() else []
-        except CampaignError as error:
-            activity.logger.warning("automatic enrollment skipped, campaigns invalid: %s", error)
-            return []
+        return PickCampaignResult(rules.pick_campaign(self.config.campaigns(), inp.trigger, inp.profile, inp.stage,
+                                                      inp.finished), unusable=self.config.unusable_campaign_files())
 
     @activity.defn
     def load_lead(self, inp: LoadLeadInput) -> LoadLeadResult:

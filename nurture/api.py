@@ -11,13 +11,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nurture import journey, leadfields, pages, security, webhooks
+from nurture import journey, leadfields, pages, security, web, webhooks
 from nurture.config import Settings
+from nurture.leads import FilterError, lead_filters, list_page
 from nurture.service import Conflict, InvalidField, LeadIn, NotFound, Nurture, UserError
 from nurture.temporal import TemporalUnavailable
 
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20  # 1 MiB for the /v1 API
 MAX_WEBHOOK_BODY = 16 << 20  # SendGrid batches run to thousands of events
+LIST_PARAMS = ("stage", "grade", "temperature", "status", "campaign", "q", "limit", "cursor")
 
 
 class ApiError(Exception):
@@ -164,13 +166,17 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
     app.state.nurture = Nurture(settings, client)
     app.state.settings = settings
     _install_errors(app)
+    web.install(app)  # the sign-in guard; installed first so the body limit runs before it
     _install_body_limit(app)
     _install_host_check(app, settings.allowed_host_names)  # added last: runs first
 
     @app.get("/healthz")
-    def healthz() -> dict[str, bool]:
-        """Liveness."""
-        return {"ok": True}
+    def healthz() -> dict[str, Any]:
+        """Liveness: 200 while the process serves. A broken configuration file makes it
+        {"ok": false, "degraded": [one line per file]}, still 200: journeys go on, on
+        the file's last valid version, and taking the API away would only stop more."""
+        degraded = [broken.line() for broken in app.state.nurture.config.broken()]
+        return {"ok": False, "degraded": degraded} if degraded else {"ok": True}
 
     @app.post("/v1/leads", dependencies=[Auth])
     async def upsert_lead(body: LeadBody, nurture: NurtureDep) -> JSONResponse:
@@ -183,6 +189,20 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
         if result.message:
             lead["enroll_error"] = result.message
         return JSONResponse(lead, status_code=200 if exists else 201)
+
+    @app.get("/v1/leads", dependencies=[Auth])
+    def list_leads(request: Request, nurture: NurtureDep) -> dict[str, Any]:
+        """Leads matching the filters, oldest first: `{"leads": [...], "next_cursor": ...}`."""
+        params = request.query_params
+        unknown = sorted(set(params) - set(LIST_PARAMS))
+        if unknown:
+            raise ApiError(400, f"unknown query parameter '{unknown[0]}' (known: {', '.join(LIST_PARAMS)})", unknown[0])
+        try:
+            filters = lead_filters(**{name: params.get(name) for name in LIST_PARAMS})
+        except FilterError as error:
+            raise ApiError(400, str(error), error.field) from error
+        with nurture.session() as session:
+            return list_page(session, filters)
 
     # `:path`: an address may hold a `/` (`a/b@example.com` is valid).
     @app.get("/v1/leads/{email:path}", dependencies=[Auth])
@@ -289,7 +309,10 @@ def _install_errors(app: FastAPI) -> None:
         return body(503, "the store is unavailable, try again shortly")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, error: StarletteHTTPException) -> Response:
+        if web.is_page(request.url.path):  # a person's browser: a page, not JSON
+            return web.render.message(request, error.status_code, "Not found" if error.status_code == 404
+                                      else "Cannot do that", str(error.detail))
         return body(error.status_code, str(error.detail))
 
 

@@ -19,7 +19,7 @@ import re
 import types
 import zoneinfo
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from nurture.emails import check_subject, check_template, subject_syntax_error
+from nurture.emails import check_subject, check_template, sender_context, subject_syntax_error
 from nurture.yamlload import BoundedSafeLoader, StatCache
 
 # ---------------------------------------------------------------- vocabulary (contract section 1)
@@ -325,9 +325,27 @@ class Condition(_Strict):
 # ---------------------------------------------------------------- campaign
 
 
+def _postal_address(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("the sender's postal address is empty: write it as mail can reach you, "
+                         "e.g. 'Acme Inc., 100 Market Street, Springfield, CA 94000, USA'")
+    return value.strip() if value is not None else None
+
+
+PostalAddress = Annotated[Union[str, None], AfterValidator(_postal_address)]
+
+
 class Sender(_Strict):
     from_: EmailAddress = Field(alias="from")
     reply_to: EmailAddress | None = None
+    # The postal address marketing email must show (CAN-SPAM); None: funnel.yaml's.
+    address: PostalAddress = None
+
+
+class FunnelSender(_Strict):
+    """`sender:` in funnel.yaml: what all campaigns share unless their own `sender` says otherwise."""
+
+    address: PostalAddress = None
 
 
 class Enroll(_Strict):
@@ -646,6 +664,7 @@ class Funnel(_Strict):
     scoring: Scoring = Scoring()
     qualify: Qualify = Qualify()
     handoff: Handoff = Handoff()
+    sender: FunnelSender = FunnelSender()
     version: str = ""
     source_file: str = ""
 
@@ -706,6 +725,12 @@ class Problem:
     path: str
     message: str  # a warning's message starts with "warning: "
     severity: str = "error"  # or "warning"
+
+    def shown(self) -> str:
+        """The line `campaign validate` prints: a warning's starts with `warning:`."""
+        if self.severity != "warning":
+            return str(self)
+        return "warning: " + str(replace(self, message=self.message.removeprefix("warning: ")))
 
     def __str__(self) -> str:
         # The path is one word (a key written with spaces shows them as \x20), so tools can
@@ -1350,34 +1375,81 @@ def _shadowed_rule_warnings(source: _Source, events: dict[str, Any]) -> list[Pro
 
 
 def _template_problems(source: _Source, path: YamlPath, name: Any, templates_dir: Path,
-                       owner_always_set: bool = False) -> list[Problem]:
-    """Problems of the email `name` (both files, syntax, a render for a sample lead),
-    as problems of the YAML line that names it."""
+                       sender: dict[str, Any], *, marketing: bool = True) -> list[Problem]:
+    """Problems of the email `name` (both files, syntax, a render for a sample lead, and
+    the content checks of nurture.lint), as problems of the YAML line that names it;
+    content problems are at their template's FILE:LINE. `sender`: as templates see it."""
+    from nurture.lint import lint_email
+
     if not isinstance(name, str):
         return []
     missing = [f"{name}{ext}" for ext in (".html", ".txt") if not (templates_dir / f"{name}{ext}").is_file()]
+    if missing == [f"{name}.txt"]:
+        return [source.problem(path, f"email '{name}' has no plain-text part: no {name}.txt in {templates_dir} "
+                                     "(its first line is `Subject: ...`, then the text)")]
     if missing:
         return [source.problem(path, f"email '{name}' not found: no {' and no '.join(missing)} in {templates_dir}")]
+    # Owner: the handoff email goes to the lead's new owner, so it always has one.
+    checked = check_template(templates_dir, name, owner_always_set=not marketing,
+                             sender={**sender, "address": sender["address"] or ""})
+    findings = lint_email(templates_dir, name, sender, marketing=marketing)
+    partials = {(f.file, f.line) for f in findings if f.partial}
     problems = []
-    for template_file, line, message in check_template(templates_dir, name, owner_always_set=owner_always_set):
+    for template_file, line, message in checked:
+        if (template_file, line) in partials:
+            continue  # a missing partial: said once, below
         where = f"template {template_file} line {line}" if line > 0 else f"template {template_file}"
         problems.append(source.problem(path, f"{where}: {message}"))
+    shown = ".".join(map(str, path))
+    for found in findings:
+        text = f"warning: {found.message}" if found.severity == "warning" else found.message
+        problems.append(Problem(str(templates_dir / found.file), found.line, shown, text, found.severity))
     return problems
 
 
-def _campaign_template_problems(source: _Source, templates_dir: Path) -> list[Problem]:
+def _funnel_address(campaign_file: Path, funnel_file: Path | None) -> str | None:
+    """`sender.address` of the funnel.yaml beside a campaign file (in the campaigns folder,
+    the one its sends read), else of `funnel_file` (the folder's funnel for a campaign
+    kept elsewhere, e.g. one being tried with `campaign test`)."""
+    beside = [campaign_file.parent / name for name in FUNNEL_FILES]
+    for path in [*beside, *([funnel_file] if funnel_file is not None else [])]:
+        if path.is_file():
+            checked = _check_funnel(path)
+            return checked.model.sender.address if checked.model is not None else None
+    return None
+
+
+def _campaign_sender(source: _Source, campaign_file: Path, funnel_file: Path | None) -> dict[str, Any]:
+    """`sender` as this campaign's templates see it, from the file as written."""
+    own = source.get("sender", "address")
+    address = own.strip() if isinstance(own, str) and own.strip() else _funnel_address(campaign_file, funnel_file)
+    from_, reply_to = source.get("sender", "from"), source.get("sender", "reply_to")
+    return sender_context(from_ if isinstance(from_, str) else "", reply_to if isinstance(reply_to, str) else None,
+                          address)
+
+
+def _campaign_template_problems(source: _Source, campaign_file: Path, templates_dir: Path,
+                                funnel_file: Path | None) -> list[Problem]:
     steps = source.get("steps")
+    sender = _campaign_sender(source, campaign_file, funnel_file)
     problems = []
-    for index, step in enumerate(steps if isinstance(steps, list) else []):
-        if isinstance(step, dict) and "send" in step:
-            problems += _template_problems(source, ("steps", index, "send"), step["send"], templates_dir)
+    sends = [(index, step) for index, step in enumerate(steps if isinstance(steps, list) else [])
+             if isinstance(step, dict) and "send" in step]
+    if sends and not sender["address"]:
+        problems.append(source.problem(("sender",), "no postal address for this campaign's marketing email "
+                                                    "(CAN-SPAM): set `sender: {address: ...}` in funnel.yaml "
+                                                    "(all campaigns) or in this campaign's sender"))
+    for index, step in sends:
+        problems += _template_problems(source, ("steps", index, "send"), step["send"], templates_dir, sender)
     return problems + _subject_render_problems(source, steps if isinstance(steps, list) else [], templates_dir)
 
 
 def _funnel_template_problems(source: _Source, funnel: Funnel | None, templates_dir: Path) -> list[Problem]:
     name = funnel.handoff.notify.template if funnel else source.get("handoff", "notify", "template")
-    # The handoff email goes to the lead's new owner: it always has one.
-    return _template_problems(source, ("handoff", "notify", "template"), name, templates_dir, owner_always_set=True)
+    address = funnel.sender.address if funnel else None
+    # Mail to the sales owner, not marketing: no unsubscribe link, no postal address required.
+    sender = sender_context("nurture <nurture@localhost>", None, address)
+    return _template_problems(source, ("handoff", "notify", "template"), name, templates_dir, sender, marketing=False)
 
 
 # ---------------------------------------------------------------- one file
@@ -1510,6 +1582,18 @@ def load_campaigns(directory: Path) -> list[Campaign]:
     return sorted((item.model for item in checked), key=lambda campaign: campaign.name)
 
 
+def load_campaign_files(directory: Path) -> tuple[list[Campaign], dict[Path, CampaignError]]:
+    """The valid campaigns of `directory` and the errors of each file that is not (a name
+    used twice counts against the later file): one broken file leaves the others usable."""
+    checked = [_check_campaign(path) for path in _campaign_files(Path(directory))]
+    problems: dict[str, list[Problem]] = {}
+    for problem in [p for item in checked for p in item.errors] + _duplicate_name_problems(checked):
+        problems.setdefault(problem.file, []).append(problem)
+    errors = {item.file: CampaignError(problems[str(item.file)]) for item in checked if str(item.file) in problems}
+    valid = [item.model for item in checked if item.file not in errors]
+    return sorted(valid, key=lambda campaign: campaign.name), errors
+
+
 def find_campaign(directory: Path, name: str) -> Campaign:
     """The campaign whose `name:` is `name`. Other files' errors do not stand in the way;
     this one's do (CampaignError). Unknown name: UnknownCampaignError (a KeyError too)."""
@@ -1523,10 +1607,11 @@ def find_campaign(directory: Path, name: str) -> Campaign:
     return campaign
 
 
-def validate_paths(paths: Sequence[Path], templates_dir: Path | None) -> list[Problem]:
+def validate_paths(paths: Sequence[Path], templates_dir: Path | None, funnel_file: Path | None = None) -> list[Problem]:
     """Every problem (errors and warnings) of the given files and directories; funnel.yaml
     is checked as the funnel, the rest as campaigns. With `templates_dir`, every email
-    named must exist there and render for a sample lead."""
+    named must exist there, render for a sample lead and pass nurture.lint. `funnel_file`:
+    the funnel whose `sender.address` a campaign with no funnel.yaml beside it uses."""
     problems: list[Problem] = []
     campaigns: list[_Checked] = []
     for path in _expand(paths, problems):
@@ -1539,8 +1624,20 @@ def validate_paths(paths: Sequence[Path], templates_dir: Path | None) -> list[Pr
             if is_funnel:
                 problems += _funnel_template_problems(checked.source, checked.model, Path(templates_dir))
             else:
-                problems += _campaign_template_problems(checked.source, Path(templates_dir))
-    return problems + _duplicate_name_problems(campaigns)
+                problems += _campaign_template_problems(checked.source, path, Path(templates_dir), funnel_file)
+    return _distinct(problems + _duplicate_name_problems(campaigns))
+
+
+def _distinct(problems: list[Problem]) -> list[Problem]:
+    """A template two campaigns send is reported once per place in it."""
+    seen: set[tuple[str, int, str]] = set()
+    kept = []
+    for problem in problems:
+        key = (problem.file, problem.line, problem.message)
+        if key not in seen:
+            seen.add(key)
+            kept.append(problem)
+    return kept
 
 
 def _expand(paths: Sequence[Path], problems: list[Problem]) -> list[Path]:

@@ -32,15 +32,19 @@ app = typer.Typer(help="nurture: lead nurturing journeys on Temporal.", no_args_
 campaign_app = typer.Typer(help="Validate and inspect campaigns.", no_args_is_help=True, rich_markup_mode=None)
 funnel_app = typer.Typer(help="The funnel model (scoring, qualification, handoff).", no_args_is_help=True,
                          rich_markup_mode=None)
-lead_app = typer.Typer(help="Add, show and forget leads.", no_args_is_help=True, rich_markup_mode=None)
+lead_app = typer.Typer(help="Add, list, show and forget leads.", no_args_is_help=True, rich_markup_mode=None)
 handoff_app = typer.Typer(help="Sales handoffs: list, accept, reject, won, lost.", no_args_is_help=True,
                           rich_markup_mode=None)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True, rich_markup_mode=None)
+user_app = typer.Typer(help="Web app users: add, list, remove.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(funnel_app, name="funnel")
 app.add_typer(lead_app, name="lead")
 app.add_typer(handoff_app, name="handoff")
 app.add_typer(db_app, name="db")
+email_app = typer.Typer(help="Preview an email for a lead, or send yourself a proof.", no_args_is_help=True)
+app.add_typer(email_app, name="email")
+app.add_typer(user_app, name="user")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -235,9 +239,9 @@ def campaign_validate(paths: list[Path] = typer.Argument(..., help="Campaign fil
     from nurture.campaign import validate_paths
 
     settings = cfg()
-    problems = validate_paths(paths, settings.templates_dir)
+    problems = validate_paths(paths, settings.templates_dir, settings.funnel_file)
     for problem in problems:
-        (err if problem.severity == "error" else out).print(str(problem), markup=False, soft_wrap=True)
+        (err if problem.severity == "error" else out).print(problem.shown(), markup=False, soft_wrap=True)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise typer.Exit(1)
@@ -246,19 +250,26 @@ def campaign_validate(paths: list[Path] = typer.Argument(..., help="Campaign fil
 
 @campaign_app.command("list")
 def campaign_list(as_json: bool = JsonOpt) -> None:
-    """The campaigns in NURTURE_CAMPAIGNS_DIR."""
-    from nurture.campaign import CampaignError, load_campaigns
+    """The campaigns in NURTURE_CAMPAIGNS_DIR (a broken file: its last valid version, and exit 1)."""
+    from nurture.lastvalid import ConfigFiles
 
     settings = cfg()
-    try:
-        campaigns = load_campaigns(settings.campaigns_dir) if settings.campaigns_dir.exists() else []
-    except CampaignError as error:
-        fail(f"{str(error).splitlines()[0]} (run `nurture campaign validate {settings.campaigns_dir}`)")
+    config = ConfigFiles(settings)
+    campaigns = config.campaigns()
     rows = [{"name": c.name, "description": c.description, "steps": len(c.steps), "version": c.version,
              "auto_on": c.enroll.auto_on, "file": c.source_file} for c in campaigns]
     if as_json:
         print_json(rows)
-        return
+    else:
+        print_campaigns(rows)
+    broken = config.broken()
+    for file in broken:
+        err.print(f"error: {file.line()}", markup=False, soft_wrap=True)
+    if broken:
+        fail(f"{plural(len(broken), 'file')} invalid (run `nurture campaign validate {settings.campaigns_dir}`)")
+
+
+def print_campaigns(rows: list[dict[str, Any]]) -> None:
     table = table_of("name", "steps", "auto_on", "version", "file", "description", numeric=("steps",))
     for row in rows:
         table.add_row(row["name"], str(row["steps"]), ", ".join(row["auto_on"]) or "-", row["version"],
@@ -271,6 +282,7 @@ def campaign_test(
     file: Path = typer.Argument(..., help="The campaign file to preview."),
     lead: Path = typer.Option(..., "--lead", help="LEAD.json: an object of lead fields (email required)."),
     events: Optional[Path] = typer.Option(None, "--events", help="EVENTS.yaml: [{at: 2d3h, type: email_click, step: ...}]"),
+    with_text: bool = typer.Option(False, "--render", help="Include each sent email's rendered text."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a campaign for one lead under simulated time, sending nothing, and print its timeline."""
@@ -280,7 +292,7 @@ def campaign_test(
 
     settings = cfg()
     try:
-        campaign, warnings = check_campaign(file, settings.templates_dir)
+        campaign, warnings = check_campaign(file, settings.templates_dir, settings.funnel_file)
         data = read_lead(lead)
         scripted = read_events(events, campaign) if events else []
     except CampaignError as error:
@@ -293,10 +305,13 @@ def campaign_test(
         err.print(str(warning), markup=False, soft_wrap=True)
     with err.status("simulating on an embedded Temporal server..."):
         timeline = run(lambda: run_preview(file, data, scripted, settings))
+    if not with_text:
+        for entry in timeline.entries:
+            entry.text = None
     if as_json:
         print_json([entry.as_json() for entry in timeline.entries])
     else:
-        render(timeline, out)
+        render(timeline, out, texts=with_text)
     for entry in timeline.failed:  # the timeline shows them; the exit code tells scripts and CI
         err.print(f"error: step {entry.detail.get('step')} at {format_offset(entry.offset)}: {entry.reason}",
                   markup=False, soft_wrap=True)
@@ -321,23 +336,31 @@ def funnel_schema() -> None:
 
 @funnel_app.command("show")
 def funnel_show(as_json: bool = JsonOpt) -> None:
-    """The funnel model in force (defaults filled in)."""
+    """The funnel model in force (defaults filled in); while funnel.yaml is broken, its last
+    valid version, and exit 1."""
     import yaml
 
-    from nurture.campaign import CampaignError, load_funnel
+    from nurture.lastvalid import ConfigFiles, NoValidFunnel
 
     settings = cfg()
     path = settings.funnel_file
+    config = ConfigFiles(settings)
     try:
-        funnel = load_funnel(path if path.exists() else None)
-    except CampaignError as error:
-        fail(str(error).splitlines()[0])
+        funnel = config.funnel()
+    except NoValidFunnel as error:
+        fail(str(error))
     data = funnel.model_dump(mode="json", by_alias=True, exclude={"version", "source_file"})
+    broken = [file for file in config.broken() if file.is_funnel]
     if as_json:
         print_json(data)
-        return
-    out.print(f"# funnel in force: {path if path.exists() else 'built-in defaults'}", markup=False)
-    out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), markup=False)
+    else:
+        shown = path if path.exists() else "built-in defaults"
+        if broken:
+            shown = f"the last valid version ({funnel.version}) of {path}"
+        out.print(f"# funnel in force: {shown}", markup=False, soft_wrap=True)
+        out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), markup=False)
+    if broken:
+        fail(broken[0].line())
 
 
 # ---------------------------------------------------------------- leads
@@ -403,20 +426,30 @@ def lead_show(email: str = EmailArg, as_json: bool = JsonOpt) -> None:
         print_json(lead)
         return
     render_lead(lead)
+    render_broken_files(lead, nurture.settings)
+
+
+def render_broken_files(lead: dict[str, Any], settings: Settings) -> None:
+    """The configuration files this lead's journey depends on that are broken now: it runs
+    on their last valid version (or waits for one), and the reader should know."""
+    from nurture.lastvalid import ConfigFiles
+
+    for broken in ConfigFiles(settings).broken():
+        waits = lead["campaign"] is None and not broken.fallback  # its automatic enrollment may wait
+        if broken.is_funnel or broken.campaign == lead["campaign"] or waits:
+            out.print(Text(f"warning: {broken.line()}", style="yellow"), soft_wrap=True)
 
 
 def render_lead(lead: dict[str, Any]) -> None:
     bant = "  ".join(f"{k}={'yes' if v else 'no' if v is False else '?'}" for k, v in lead["bant"].items())
     name = " ".join(filter(None, [lead.get("first_name"), lead.get("last_name")]))
     out.print(f"[bold]{escape(lead['email'])}[/bold] {escape(name)}  {escape(lead.get('company') or '')}")
+    render_profile(lead)
     out.print(f"stage [bold]{lead['stage']}[/bold]  status {lead['status']}  score [bold]{lead['score']}[/bold]"
               f"  grade {lead['grade']}  {lead['temperature']}  owner {lead['owner'] or '-'}")
     out.print(f"BANT {bant}")
     zone = lead.get("timezone")  # a lead's own times are shown in its zone (nurture.when)
-    if lead["campaign"]:
-        until = f" until {when.labelled(lead['next_action_at'], zone)}" if lead.get("next_action_at") else ""
-        waiting = f", waiting for {lead['waiting_for']}{until}" if lead.get("waiting_for") else ""
-        out.print(f"campaign {lead['campaign']}, step {lead['step']}{waiting}", markup=False)
+    render_journey(lead)
     table = table_of(when.header("at", zone), "kind", "delta", "score", "reason", numeric=("delta", "score"),
                      title="history")
     for entry in lead["history"]:
@@ -435,6 +468,40 @@ def table_of(*columns: str, numeric: tuple[str, ...] = (), title: str | None = N
     return table
 
 
+SEND_HOLDS = ("send window", "frequency cap")  # what a step's email may wait for (workflows/lead.py)
+
+
+def render_journey(lead: dict[str, Any]) -> None:
+    """Where the lead is in its campaign and what it waits for; an email held by the
+    send window or the frequency cap says so, and when it will leave."""
+    if not lead["campaign"]:
+        return
+    where = f"campaign {lead['campaign']}, step {lead['step']}"
+    waiting = lead.get("waiting_for")
+    until = f" until {when.labelled(lead['next_action_at'], lead.get('timezone'))}" if lead.get("next_action_at") else ""
+    if waiting in SEND_HOLDS:
+        where += f": its email waits for the {waiting}{until}"
+    elif waiting:
+        where += f", waiting for {waiting}{until}"
+    out.print(Text(where), soft_wrap=True)
+
+
+PROFILE_LABELS = (("job_title", "job title"), ("company_size", "company size"), ("country", "country"),
+                  ("timezone", "timezone"), ("locale", "locale"), ("source", "source"))
+
+
+def render_profile(lead: dict[str, Any]) -> None:
+    """What the lead told us (or the import or form did): every stored profile field, then
+    the attributes; '-' where nothing is stored."""
+    fields = "  ".join(f"{label} {lead.get(name) if lead.get(name) is not None else '-'}"
+                       for name, label in PROFILE_LABELS)
+    attributes = lead.get("attributes") or {}
+    listed = "  ".join(f"{key}={value}" for key, value in sorted(attributes.items())) if attributes else "-"
+    # Text, not markup (the values are data); soft_wrap: a line per field group, never cut.
+    out.print(Text(fields), soft_wrap=True)
+    out.print(Text(f"attributes {listed}"), soft_wrap=True)
+
+
 def history_reason(entry: dict[str, Any]) -> str:
     """The reason as the table shows it: a scored event also names the rule that gave
     its points, by position and text (the JSON keeps it in detail.rule)."""
@@ -443,6 +510,56 @@ def history_reason(entry: dict[str, Any]) -> str:
     if rule and rule not in reason:
         reason = f"{reason}: rule {rule}"
     return reason
+
+
+@lead_app.command("list")
+def lead_list(
+    stage: Optional[str] = typer.Option(None, "--stage", help="Only leads at this stage (lead, mql, sql, ...)."),
+    grade: Optional[str] = typer.Option(None, "--grade", help="Only leads of this grade (A, B, C, D, F)."),
+    temperature: Optional[str] = typer.Option(None, "--temperature", help="cold, warm or hot."),
+    status: Optional[str] = typer.Option(None, "--status", help="subscribed, unsubscribed, bounced or complained."),
+    campaign: Optional[str] = typer.Option(None, "--campaign", help="Only leads now in this campaign."),
+    q: Optional[str] = typer.Option(None, "--q", help="Search: part of the address, the name or the company."),
+    limit: int = typer.Option(50, "--limit", help="Leads per page (1-500)."),
+    cursor: Optional[str] = typer.Option(None, "--cursor", help="Where to go on: the cursor the last page printed."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Leads matching the filters, oldest first, a page at a time."""
+    from nurture.db import session_scope, upgrade
+    from nurture.leads import FilterError, lead_filters, list_page
+
+    try:
+        filters = lead_filters(stage=stage, grade=grade, temperature=temperature, status=status,
+                               campaign=campaign, q=q, limit=limit, cursor=cursor)
+    except FilterError as error:
+        fail(f"--{error.field}: {error.message}", 2)
+    settings = cfg()
+    upgrade_quietly(settings, upgrade)
+    with session_scope(settings.db_url) as session:
+        page = list_page(session, filters)
+    if as_json:
+        print_json(page)
+        return
+    render_lead_page(page)
+
+
+def render_lead_page(page: dict[str, Any]) -> None:
+    table = Table()
+    # The address is what a reader copies into the next command: never cut short.
+    table.add_column("email", no_wrap=True, min_width=max((len(lead["email"]) for lead in page["leads"]), default=5))
+    for header in ("name", "company", "stage", "score", "grade", "temperature", "status", "campaign", "step"):
+        table.add_column(header, overflow="fold", justify="right" if header == "score" else "left")
+    for lead in page["leads"]:
+        name = " ".join(filter(None, [lead.get("first_name"), lead.get("last_name")]))
+        table.add_row(Text(lead["email"]), Text(name), Text(lead.get("company") or ""), lead["stage"],
+                      str(lead["score"]), lead["grade"], lead["temperature"], lead["status"],
+                      Text(lead["campaign"] or "-"), Text(lead["step"] or "-"))
+    out.print(table)
+    shown = f"{len(page['leads'])} lead(s)"
+    if page["next_cursor"]:
+        out.print(f"{shown}; more with --cursor {page['next_cursor']}", markup=False)
+    else:
+        out.print(shown, markup=False)
 
 
 @lead_app.command("forget")
@@ -628,18 +745,25 @@ def handoff_lost(handoff_id: int = HandoffArg,
 
 @app.command()
 def outbox(as_json: bool = JsonOpt) -> None:
-    """Emails sent in local-outbox mode (and every send's status)."""
+    """Emails sent in local-outbox mode (and every send's status), then test sends, then
+    those waiting to leave."""
     from nurture import crud
     from nurture.vocabulary import iso
     from nurture.models import as_utc
+    from nurture.outbox import read_proofs
 
     nurture = service()
     with nurture.session() as session:
         rows = [{"to": e.to, "subject": e.subject, "campaign": e.campaign, "step": e.step,
                  "template": e.template, "variant": e.variant, "status": e.status, "provider": e.provider,
                  "sent_at": iso(as_utc(e.sent_at)), "send_id": e.send_id,
-                 "file": str(nurture.settings.outbox_dir / f"{e.send_id}.eml") if e.provider == "outbox" else None}
+                 "file": str(nurture.settings.outbox_dir / f"{e.send_id}.eml") if e.provider == "outbox" else None,
+                 "test": False}
                 for e in crud.list_outbox(session=session)]
+        held = [] if as_json else crud.held_emails(session=session, holds=SEND_HOLDS)
+    rows += [{**proof, "campaign": None, "step": None, "template": None, "variant": None, "status": "sent",
+              "provider": "outbox", "sent_at": iso(as_utc(proof["sent_at"])), "send_id": Path(proof["file"]).stem,
+              "test": True} for proof in read_proofs(nurture.settings.outbox_dir)]
     if as_json:
         print_json(rows)
         return
@@ -648,6 +772,196 @@ def outbox(as_json: bool = JsonOpt) -> None:
         table.add_row(when.clock(row["sent_at"]), row["to"] or "(forgotten)", Text(row["subject"] or ""),
                       row["campaign"] or "-", row["step"] or "-", row["status"])
     out.print(table)
+    render_held(held, sent=len(rows))
+
+
+def render_held(held: list[Any], *, sent: int) -> None:
+    """Emails not in the outbox yet because they wait (send window, frequency cap): an
+    empty outbox at night is not a fault, and this says so."""
+    if not held:
+        if not sent:
+            out.print("nothing sent yet, and no email is waiting to leave", markup=False)
+        return
+    out.print(f"{'nothing sent yet; ' if not sent else ''}{len(held)} email(s) waiting to leave:", markup=False)
+    for lead in held:
+        until = when.labelled(lead.next_action_at, lead.timezone)
+        out.print(Text(f"  {lead.email}: {lead.campaign}, step {lead.step}, waits for the {lead.waiting_for} until {until}"),
+                  soft_wrap=True)
+
+
+# ---------------------------------------------------------------- emails
+
+LeadFileOpt = typer.Option(None, "--lead", help="LEAD.json: an object of lead fields (email required).")
+LeadEmailOpt = typer.Option(None, "--email", help="A lead in the store, by address.")
+CampaignOpt = typer.Option(None, "--campaign", help="The campaign whose step sends it (sender, subject variant).")
+StepOpt = typer.Option(None, "--step", help="The step id within --campaign.")
+
+
+def _email_lead(settings: Settings, lead: Optional[Path], email: Optional[str]) -> Any:
+    """The lead to render for: --lead FILE, --email (the store), else the sample lead."""
+    # nurture.proofs imports the send activity's module (temporalio): only commands that need it load it.
+    from nurture.db import upgrade
+    from nurture.proofs import file_lead, sample_lead, stored_lead
+
+    if lead is not None and email is not None:
+        fail("give --lead or --email, not both")
+    if email is not None:
+        upgrade_quietly(settings, upgrade)
+        return stored_lead(settings, email)
+    return file_lead(lead) if lead is not None else sample_lead()
+
+
+@email_app.command("preview")
+def email_preview(
+    name: str = typer.Argument(..., help="The email: templates/email/NAME.html and NAME.txt."),
+    lead: Optional[Path] = LeadFileOpt,
+    email: Optional[str] = LeadEmailOpt,
+    campaign: Optional[str] = CampaignOpt,
+    step: Optional[str] = StepOpt,
+    html: Optional[Path] = typer.Option(None, "--html", help="Write the HTML part to this file."),
+    text_only: bool = typer.Option(False, "--text", help="Print the text part only."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Exactly what the send would send this lead: prints the headers and the text part."""
+    from nurture.proofs import preview
+    from nurture.service import UserError
+
+    settings = cfg()
+    try:
+        shown = preview(settings, name, _email_lead(settings, lead, email), campaign=campaign, step=step)
+        if html is not None:
+            html.write_text(shown.email.html, encoding="utf-8")
+    except UserError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"--html {html}: cannot write it: {error.strerror or error}")
+    if as_json:
+        print_json(shown.as_json())
+        return
+    if text_only:
+        sys.stdout.write(shown.email.text)
+        return
+    data = shown.as_json()
+    for label, key in (("From", "from"), ("Reply-To", "reply_to"), ("To", "to"), ("Subject", "subject")):
+        if data[key]:
+            out.print(Text(f"{label}: {data[key]}"), soft_wrap=True)
+    where = [f"campaign {data['campaign']} step {data['step']}" if data["campaign"] else "no campaign",
+             f"template {name}{'.' + data['locale'] if data['locale'] else ''}"]
+    if data["variant"] is not None:
+        where.append(f"subject variant {data['variant']}")
+    out.print(Text(f"({'; '.join(where)}; HTML: {len(shown.email.html.encode())} bytes"
+                   + (f", written to {html})" if html else ", --html FILE writes it)")), soft_wrap=True)
+    out.print()
+    sys.stdout.flush()
+    sys.stdout.write(shown.email.text if shown.email.text.endswith("\n") else shown.email.text + "\n")
+
+
+@email_app.command("test-send")
+def email_test_send(
+    name: str = typer.Argument(..., help="The email: templates/email/NAME.html and NAME.txt."),
+    to: str = typer.Option(..., "--to", help="Who gets the proof: one of NURTURE_TEST_RECIPIENTS."),
+    lead: Optional[Path] = LeadFileOpt,
+    email: Optional[str] = LeadEmailOpt,
+    campaign: Optional[str] = CampaignOpt,
+    step: Optional[str] = StepOpt,
+) -> None:
+    """Send one proof, subject prefixed [TEST]: recorded on no lead, counted in no stats."""
+    from nurture.db import upgrade
+    from nurture.proofs import send_test
+    from nurture.service import UserError
+
+    settings = cfg()
+    try:
+        chosen = _email_lead(settings, lead, email)
+        upgrade_quietly(settings, upgrade)  # the rate limit is counted in the store
+        sent = send_test(settings, name, to, chosen, campaign=campaign, step=step)
+    except UserError as error:
+        fail(str(error))
+    where = f"written to {sent.file}" if sent.file else f"sent through SendGrid (message id {sent.message_id or '?'})"
+    out.print(Text(f"test send to {to}: \"{sent.subject}\" {where}"), soft_wrap=True)
+
+
+# ---------------------------------------------------------------- web app users
+
+
+def _store() -> Any:
+    """The session factory of a migrated store, without the Temporal client: user
+    commands never talk to Temporal (and stay fast)."""
+    from nurture.db import session_scope, upgrade
+
+    settings = cfg()
+    upgrade_quietly(settings, upgrade)
+    return lambda: session_scope(settings.db_url)
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        fail("password: stdin is not a terminal; pipe the password with --password-stdin", 2)
+    import getpass
+
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password again: ") != first:
+        fail("password: the two entries differ; nothing was changed")
+    return first
+
+
+@user_app.command("add")
+def user_add(
+    email: str = typer.Argument(..., metavar="EMAIL", help="The user's email address (they sign in with it)."),
+    role: str = typer.Option(..., "--role", help="marketer, sales or admin."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from the first line of stdin."),
+) -> None:
+    """Add a web app user; without --password-stdin, asks for the password twice (hidden)."""
+    # Imported here: argon2 and the store are not needed by other commands.
+    from nurture import crud, users
+
+    password = _read_password(password_stdin)
+    try:
+        address = users.check_new(email, role, password)
+    except users.UserProblem as error:
+        fail(str(error))
+    with _store()() as session:
+        added = crud.add_user(session=session, email=address, role=role, password_hash=users.hash_password(password))
+    if added is None:
+        fail(f"{address}: a user with this address already exists (remove it first)")
+    out.print(f"user {address} added ({role})", markup=False)
+
+
+@user_app.command("list")
+def user_list(as_json: bool = JsonOpt) -> None:
+    """The web app users and their roles."""
+    from nurture import crud
+    from nurture.journey import iso
+    from nurture.models import as_utc
+
+    with _store()() as session:
+        rows = [{"email": u.email, "role": u.role, "created_at": iso(as_utc(u.created_at))}
+                for u in crud.list_users(session=session)]
+    if as_json:
+        print_json(rows)
+        return
+    table = table_of("email", "role", when.header("created"))
+    for row in rows:
+        table.add_row(row["email"], row["role"], when.clock(row["created_at"]))
+    out.print(table)
+
+
+@user_app.command("remove")
+def user_remove(email: str = typer.Argument(..., metavar="EMAIL", help="The user's email address.")) -> None:
+    """Remove a web app user; their sessions stop working at once."""
+    from nurture import addresses, crud
+
+    try:
+        address = addresses.canonical_email(email)
+    except ValueError as error:
+        fail(f"EMAIL: {error}")
+    with _store()() as session:
+        removed = crud.remove_user(session=session, email=address)
+    if not removed:
+        fail(f"{address}: no such user")
+    out.print(f"user {address} removed", markup=False)
 
 
 def main(argv: list[str] | None = None) -> None:

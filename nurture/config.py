@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     # a page of another site cannot read the dashboard through DNS rebinding (loopback
     # names are safe: a rebinding page's requests carry its own name).
     allowed_hosts: str | None = None
+    # Who `nurture email test-send` may mail (comma-separated), so proofs never reach strangers.
+    test_recipients: str | None = None
 
     @field_validator("public_url")
     @classmethod
@@ -99,6 +101,10 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in (self.api_keys or "").split(",") if key.strip()]
+
+    @property
+    def test_recipient_list(self) -> list[str]:
+        return [address.strip().lower() for address in (self.test_recipients or "").split(",") if address.strip()]
 
     def signing_secret(self) -> str:
         """NURTURE_SECRET, else one generated once and kept under NURTURE_HOME."""

@@ -6,17 +6,20 @@ Routes, CLI commands and activities call these; none opens a session of its own.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, literal, or_, update
+from sqlalchemy import and_, case, delete, func, insert, literal, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from nurture import security
 from nurture.leadfields import check_attributes
-from nurture.models import Counter, Email, Event, Handoff, History, Lead, Suppression, utcnow
+from nurture.models import (
+    Counter, Email, Event, Handoff, History, Lead, LeadStart, SignInFailure, Suppression, User, utcnow,
+)
 from nurture.vocabulary import suppressing_status
 
 PROFILE_COLUMNS = (
@@ -34,10 +37,18 @@ def get_lead(*, session: Session, email: str) -> Lead | None:
 
 def leads_by_email(*, session: Session, emails: Sequence[str]) -> dict[str, Lead]:
     """The stored leads among these addresses, by address (one query per 500)."""
-    found: dict[str, Lead] = {}
-    for start in range(0, len(emails), 500):
-        chunk = list(emails[start:start + 500])
-        found.update((lead.email, lead) for lead in session.exec(select(Lead).where(col(Lead.email).in_(chunk))))
+    return {lead.email or "": lead for lead in _leads_where(session, col(Lead.email), emails)}
+
+
+def leads_by_key(*, session: Session, keys: Sequence[str]) -> dict[str, Lead]:
+    """The stored leads among these keys, by key (one query per 500)."""
+    return {lead.key: lead for lead in _leads_where(session, col(Lead.key), keys)}
+
+
+def _leads_where(session: Session, column: Any, values: Sequence[str]) -> list[Lead]:
+    found: list[Lead] = []
+    for start in range(0, len(values), 500):
+        found.extend(session.exec(select(Lead).where(column.in_(list(values[start:start + 500])))))
     return found
 
 
@@ -82,6 +93,27 @@ def upsert_lead(*, session: Session, key: str, email: str, profile: dict[str, An
     session.add(lead)
     session.flush()
     return lead, created
+
+
+def list_leads(*, session: Session, after_id: int, limit: int, stage: str | None = None,
+               grade: str | None = None, temperature: str | None = None, status: str | None = None,
+               campaign: str | None = None, q: str | None = None) -> Sequence[Lead]:
+    """Leads matching every filter given, in id order after `after_id` (keyset
+    pagination: no lead is repeated or skipped from page to page, new leads come last;
+    only a lead whose filtered fields change meanwhile may enter or leave the list).
+    `q` finds a case-insensitive substring of the address, the name or the company.
+    Forgotten leads (no address) are left out."""
+    query = select(Lead).where(col(Lead.email).is_not(None), col(Lead.id) > after_id)
+    for column, value in ((Lead.stage, stage), (Lead.grade, grade), (Lead.temperature, temperature),
+                          (Lead.status, status), (Lead.campaign, campaign)):
+        if value is not None:
+            query = query.where(col(column) == value)
+    if q:
+        pattern = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        name = func.coalesce(Lead.first_name, "") + " " + func.coalesce(Lead.last_name, "")
+        query = query.where(or_(*(func.lower(text_).like(pattern, escape="\\") for text_ in
+                                  (col(Lead.email), name, func.coalesce(Lead.company, "")))))
+    return session.exec(query.order_by(col(Lead.id)).limit(limit)).all()
 
 
 def profile_of(lead: Lead) -> dict[str, Any]:
@@ -181,6 +213,82 @@ def _personal_text(lead: Lead) -> Callable[[str], str]:
         return lambda text: text
     pattern = re.compile("|".join(rf"(?<!\w){re.escape(v)}(?!\w)" for v in values), re.IGNORECASE)
     return lambda text: pattern.sub("[forgotten]", text)
+
+
+# ---------------------------------------------------------------- lead starts
+
+
+def mark_start(*, session: Session, key: str, created: bool, campaign: str | None,
+               lease: timedelta) -> LeadStart:
+    """Mark the lead as not yet taken by its workflow, in the caller's transaction (the
+    one that writes its row), leased to the caller for `lease`. A mark already there
+    keeps what it asked for: a lead still new stays new, a campaign asked stays asked."""
+    mark = session.get(LeadStart, key)
+    if mark is None:
+        mark = LeadStart(lead_key=key, token="")
+    mark.created = mark.created or created
+    mark.campaign = campaign or mark.campaign
+    mark.token = uuid.uuid4().hex
+    mark.marked_at = utcnow()
+    mark.claimed_until = mark.marked_at + lease
+    session.add(mark)
+    session.flush()
+    return mark
+
+
+def clear_start(*, session: Session, key: str, token: str) -> None:
+    """The workflow has the lead: drop its mark, unless it was marked again since."""
+    session.execute(delete(LeadStart).where(col(LeadStart.lead_key) == key, col(LeadStart.token) == token))
+
+
+def start_marks(*, session: Session, keys: Sequence[str]) -> dict[str, bool]:
+    """The keys among these whose workflow has not yet taken the stored lead, each with
+    whether the lead is still new to it (`created`)."""
+    found: dict[str, bool] = {}
+    for start in range(0, len(keys), 500):
+        chunk = list(keys[start:start + 500])
+        found.update(session.exec(select(LeadStart.lead_key, LeadStart.created)
+                                  .where(col(LeadStart.lead_key).in_(chunk))).all())
+    return found
+
+
+def claim_starts(*, session: Session, limit: int, lease: timedelta) -> Sequence[LeadStart]:
+    """Lease up to `limit` marks no process holds (their lease ran out), oldest first."""
+    table = LeadStart.__table__  # type: ignore[attr-defined]
+    keys = lease_rows(session=session, key=table.c.lead_key, claimed_until=table.c.claimed_until,
+                      oldest_first=table.c.marked_at, limit=limit, lease=lease)
+    if not keys:
+        return []
+    return session.exec(select(LeadStart).where(col(LeadStart.lead_key).in_(keys))
+                        .order_by(col(LeadStart.marked_at))).all()
+
+
+def lease_rows(*, session: Session, key: Any, claimed_until: Any, oldest_first: Any, limit: int,
+               lease: timedelta, where: Any = None) -> list[Any]:
+    """Lease up to `limit` rows of `key`'s table that match `where` and no lease holds,
+    oldest first, until now + `lease`; returns their keys. Several workers may call this
+    at once, on SQLite as on PostgreSQL: a row is leased to one of them only."""
+    table = key.table
+    now = utcnow()
+    free = or_(claimed_until.is_(None), claimed_until < now)
+    if where is not None:
+        free = and_(where, free)
+    # A plain read first: an idle poll (nearly all of them) must not take SQLite's write lock.
+    found = select(key).where(free).order_by(oldest_first).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        found = found.with_for_update(skip_locked=True)  # concurrent claims pass each other by
+    candidates = session.execute(found).scalars().all()
+    if not candidates:
+        return []
+    # The lease, re-checked in the UPDATE: rows another process leased meanwhile drop out.
+    return list(session.execute(update(table).where(key.in_(candidates), free)
+                                .values({claimed_until.name: now + lease}).returning(key)).scalars().all())
+
+
+def release_starts(*, session: Session, keys: Sequence[str]) -> None:
+    """Marks that could not be started now go back for the next pass."""
+    if keys:
+        session.execute(update(LeadStart).where(col(LeadStart.lead_key).in_(list(keys))).values(claimed_until=None))
 
 
 # ---------------------------------------------------------------- suppression
@@ -328,6 +436,14 @@ def take_for_sending(*, session: Session, send_id: str, attempts: int, subject: 
     return result.rowcount == 1
 
 
+def held_emails(*, session: Session, holds: Sequence[str], limit: int = 100) -> Sequence[Lead]:
+    """Leads whose next email waits for one of `holds` (send window, frequency cap),
+    the soonest to leave first."""
+    return session.exec(select(Lead).where(col(Lead.waiting_for).in_(list(holds)), col(Lead.campaign).is_not(None),
+                                           col(Lead.email).is_not(None))
+                        .order_by(col(Lead.next_action_at), col(Lead.id)).limit(limit)).all()
+
+
 def list_outbox(*, session: Session, limit: int = 1000) -> Sequence[Email]:
     return session.exec(select(Email).order_by(col(Email.claimed_at)).limit(limit)).all()
 
@@ -353,6 +469,15 @@ def next_counter(*, session: Session, name: str) -> int:
         update(Counter).where(col(Counter.name) == name).values(value=Counter.value + 1).returning(Counter.value)
     ).scalar_one()
     return taken - 1
+
+
+def take_rate_slot(*, session: Session, name: str, limit: int, window_seconds: int, now: datetime) -> bool:
+    """One use of the rate limit `name`, shared by every process on this store: True while
+    fewer than `limit` uses were taken in the current fixed window (counted from the epoch,
+    so every process agrees on it). Counters of past windows are deleted as we go."""
+    bucket = f"{name}:{int(now.timestamp()) // window_seconds}"
+    session.execute(delete(Counter).where(col(Counter.name).startswith(f"{name}:"), col(Counter.name) != bucket))
+    return next_counter(session=session, name=bucket) < limit
 
 
 def create_handoff(*, session: Session, handoff: Handoff) -> Handoff:
@@ -382,3 +507,65 @@ def list_handoffs(*, session: Session, status: str | None = None) -> Sequence[Ha
         query = query.where(Handoff.status == status)
     return session.exec(query).all()
 
+
+
+def handoffs_of(*, session: Session, owner: str | None = None, key: str | None = None) -> Sequence[Handoff]:
+    """Handoffs, newest first: all, one owner's, or one lead's."""
+    query = select(Handoff).order_by(col(Handoff.id).desc())
+    if owner is not None:
+        query = query.where(Handoff.owner == owner)
+    if key is not None:
+        query = query.where(Handoff.lead_key == key)
+    return session.exec(query).all()
+
+
+# ---------------------------------------------------------------- web app users
+
+
+def get_user(*, session: Session, email: str) -> User | None:
+    return session.exec(select(User).where(User.email == email)).first()
+
+
+def get_user_by_id(*, session: Session, user_id: int) -> User | None:
+    return session.get(User, user_id)
+
+
+def add_user(*, session: Session, email: str, role: str, password_hash: str) -> User | None:
+    """A new user, or None when the address already has one."""
+    user = User(email=email, role=role, password_hash=password_hash)
+    try:
+        with session.begin_nested():
+            session.add(user)
+    except IntegrityError:
+        return None
+    return user
+
+
+def list_users(*, session: Session) -> Sequence[User]:
+    return session.exec(select(User).order_by(col(User.email))).all()
+
+
+def remove_user(*, session: Session, email: str) -> bool:
+    return bool(session.execute(delete(User).where(col(User.email) == email)).rowcount)  # type: ignore[attr-defined]
+
+
+def set_password_hash(*, session: Session, user_id: int, password_hash: str) -> None:
+    session.execute(update(User).where(col(User.id) == user_id).values(password_hash=password_hash))
+
+
+def add_signin_failure(*, session: Session, account: str, address: str) -> None:
+    session.add(SignInFailure(account=account, address=address))
+
+
+def signin_failures(*, session: Session, account: str, address: str, since: datetime) -> tuple[list[datetime], list[datetime]]:
+    """When sign-ins failed since `since`, oldest first: for the account, for the address."""
+    found = session.exec(select(SignInFailure).where(
+        col(SignInFailure.at) >= since,
+        or_(col(SignInFailure.account) == account, col(SignInFailure.address) == address),
+    ).order_by(col(SignInFailure.at))).all()
+    return ([f.at for f in found if f.account == account], [f.at for f in found if f.address == address])
+
+
+def prune_signin_failures(*, session: Session, before: datetime) -> None:
+    """Failures too old to matter to the throttle."""
+    session.execute(delete(SignInFailure).where(col(SignInFailure.at) < before))

@@ -9,8 +9,7 @@ importer keeps a protective leading tab too); every CSV nurture writes goes thro
 before it, which spreadsheets show as text and do not keep in the value. Numbers
 (int, float) are written as numbers: only text can hold a formula.
 
-No export writes CSV yet; the web app's `/leads.csv` (contract section 7) is to use
-this module.
+The web app's `/leads.csv` (contract section 7) writes through it.
 """
 
 from __future__ import annotations

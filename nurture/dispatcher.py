@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, update
 from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
@@ -32,7 +32,7 @@ from activities.store import event_from_row
 from nurture import crud
 from nurture.config import Settings
 from nurture.db import session_scope
-from nurture.models import Event, Lead, utcnow
+from nurture.models import Event, Lead
 from workflows.lead import EventsInput, LeadInput, LeadWorkflow
 
 log = logging.getLogger("nurture.dispatcher")
@@ -91,24 +91,33 @@ async def dispatch_once(settings: Settings, client: Client, *, batch: int = 500,
 async def run_dispatcher(settings: Settings, client: Client, stop: asyncio.Event, *,
                          batch: int = 500, idle: float = 0.5) -> None:
     """Deliver stored events until `stop` is set; back off while Temporal is unreachable."""
+    await poll_until_stopped(stop, lambda: dispatch_once(settings, client, batch=batch), batch=batch, idle=idle,
+                             name="event dispatcher", kept="the events stay stored", again="delivering again")
+
+
+async def poll_until_stopped(stop: asyncio.Event, once: Callable[[], Awaitable[int]], *, batch: int, idle: float,
+                             name: str, kept: str, again: str) -> None:
+    """Call `once` (it handles up to `batch` rows, returns how many) until `stop` is set:
+    at once again after a full batch, after `idle` seconds otherwise, with a growing
+    pause (logged once) while it fails because Temporal or the database is down."""
     backoff = 0.0
     while not stop.is_set():
         try:
-            delivered = await dispatch_once(settings, client, batch=batch)
+            done = await once()
         except Exception as error:  # noqa: BLE001 - Temporal or the database down: wait, retry
             if backoff == 0.0:
-                log.warning("event dispatcher: %s; the events stay stored, retrying", str(error).splitlines()[0])
+                log.warning("%s: %s; %s, retrying", name, str(error).splitlines()[0], kept)
             backoff = min(MAX_BACKOFF, max(idle, backoff * 2))
-            await _sleep(stop, backoff)
+            await sleep_or_stop(stop, backoff)
             continue
         if backoff:
-            log.warning("event dispatcher: delivering again")
+            log.warning("%s: %s", name, again)
             backoff = 0.0
-        if delivered < batch:
-            await _sleep(stop, idle)  # a full batch means more may wait: go on at once
+        if done < batch:
+            await sleep_or_stop(stop, idle)  # a full batch means more may wait: go on at once
 
 
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     try:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
     except TimeoutError:
@@ -118,20 +127,10 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
 def _claim(url: str, batch: int, lease: timedelta) -> Sequence[Event]:
     """Lease up to `batch` undelivered events, oldest first, and read them."""
     event = Event.__table__  # type: ignore[attr-defined]
-    now = utcnow()
-    free = and_(event.c.dispatched_at.is_(None), event.c.lead_key.is_not(None),
-                or_(event.c.claimed_until.is_(None), event.c.claimed_until < now))
     with session_scope(url) as session:
-        # A plain read first: an idle poll (most of them) must not take SQLite's write lock.
-        found = select(event.c.id).where(free).order_by(event.c.received_at).limit(batch)
-        if session.get_bind().dialect.name == "postgresql":
-            found = found.with_for_update(skip_locked=True)  # concurrent claims pass each other by
-        candidates = session.execute(found).scalars().all()
-        if not candidates:
-            return []
-        # The lease, re-checked in the UPDATE: rows another dispatcher leased meanwhile drop out.
-        ids = session.execute(update(event).where(event.c.id.in_(candidates), free)
-                              .values(claimed_until=now + lease).returning(event.c.id)).scalars().all()
+        ids = crud.lease_rows(session=session, key=event.c.id, claimed_until=event.c.claimed_until,
+                              oldest_first=event.c.received_at, limit=batch, lease=lease,
+                              where=and_(event.c.dispatched_at.is_(None), event.c.lead_key.is_not(None)))
         if not ids:
             return []
         # Each lead's events in the order they happened.

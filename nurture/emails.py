@@ -29,6 +29,7 @@ import threading
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -295,7 +296,16 @@ def _check_variant(bundle: _Bundle, stem: str, contexts: list[dict[str, Any]]) -
     return problems
 
 
-def check_template(templates_dir: Path, name: str, *, owner_always_set: bool = False) -> list[tuple[str, int, str]]:
+def variant_stems(templates_dir: Path, name: str) -> list[str]:
+    """`NAME` and each locale variant present (`NAME.fr`, ...), as file names without extension."""
+    root = Path(_bundle(templates_dir).root)
+    variants = root.glob(f"{name}.??.*")
+    languages = sorted({p.name[len(name) + 1 : len(name) + 3] for p in variants if p.suffix in (".html", ".txt")})
+    return [name, *(f"{name}.{lang}" for lang in languages if _language(lang) == lang)]
+
+
+def check_template(templates_dir: Path, name: str, *, owner_always_set: bool = False,
+                   sender: Mapping[str, Any] | None = None) -> list[tuple[str, int, str]]:
     """Problems of the email `name` as (file, line, message); [] if it is fine.
 
     Checks every variant present (`NAME`, `NAME.fr`, ...): both files exist, the
@@ -303,21 +313,36 @@ def check_template(templates_dir: Path, name: str, *, owner_always_set: bool = F
     lead (empty optional fields, no owner, no attributes) that must neither read an
     undefined variable nor print None. `owner_always_set`: the email only ever goes to
     (or about) an assigned owner, like the sales handoff, so the sparse lead has one.
+    `sender`: the `sender` the email is sent with (its postal address), else the sample's.
     """
     try:
         _check_name(name)
     except TemplateError as exc:
         return [(exc.file, exc.line, exc.detail)]
     bundle = _bundle(templates_dir)
-    variants = Path(bundle.root).glob(f"{name}.??.*")
-    languages = sorted({p.name[len(name) + 1 : len(name) + 3] for p in variants if p.suffix in (".html", ".txt")})
     contexts = [sample_context(), _sparse_context(owner_always_set)]
+    for context in contexts if sender is not None else ():
+        context["sender"] = dict(sender)
     problems: list[tuple[str, int, str]] = []
-    for stem in [name, *(f"{name}.{lang}" for lang in languages if _language(lang) == lang)]:
+    for stem in variant_stems(templates_dir, name):
         for problem in _check_variant(bundle, stem, contexts):
             if problem not in problems:
                 problems.append(problem)
     return problems
+
+
+SUBJECT_MAX = 90  # characters of a subject most inboxes show before cutting it
+
+
+def subject_too_long(subject: str) -> str:
+    return f"the subject is {len(subject)} characters once rendered: inboxes cut it past about {SUBJECT_MAX}"
+
+
+def sender_context(from_: str, reply_to: str | None, address: str | None) -> dict[str, Any]:
+    """`sender` as templates see it: `sender.address` (the postal address), `sender.name`
+    and `sender.email` (of From:), `sender.reply_to`."""
+    name, email = parseaddr(from_)
+    return {"name": name, "email": email, "reply_to": reply_to, "address": address}
 
 
 @dataclass(frozen=True)
@@ -348,14 +373,17 @@ def _syntax_env() -> BoundedSandbox:
 def check_subject(templates_dir: Path, source: str) -> list[SubjectProblem]:
     """Problems of a campaign's subject (an A/B variant), rendered as at send time for
     the sample lead and the sparse lead of `check_template`. An undefined variable or an
-    empty subject is an error; printing None is a warning (the send would still go out)."""
+    empty subject is an error; printing None is a warning (the send would still go out),
+    and so is a subject longer than SUBJECT_MAX for the sample lead."""
     bundle = _bundle(templates_dir)
     problems: list[SubjectProblem] = []
     token = _CHECKING.set(True)
     try:
         for context in (sample_context(), _sparse_context(False)):
             try:
-                _one_line(_render_override(bundle, source, context), _OVERRIDE_LABEL)
+                subject = _one_line(_render_override(bundle, source, context), _OVERRIDE_LABEL)
+                if len(subject) > SUBJECT_MAX and context["lead"]["first_name"]:  # the sample lead's
+                    problems.append(SubjectProblem(1, subject_too_long(subject), "warning"))
             except TemplateError as exc:
                 severity = "warning" if isinstance(exc.__cause__, _NoneOutput) else "error"
                 problem = SubjectProblem(exc.line, exc.detail, severity)
@@ -392,8 +420,11 @@ _SAMPLE: dict[str, Any] = {
     "campaign": "b2b-trial",
     "step": "case-study",
     "owner": "alice@acme.example",
+    "sender": {"name": "Acme", "email": "hello@acme.example", "reply_to": "sales@acme.example",
+               "address": "Acme Inc. · 100 Market Street · Springfield, CA 94000 · USA"},
     "unsubscribe_url": "http://127.0.0.1:8000/u/amFuZS5kb2VAZ2xvYmV4LmV4YW1wbGU.c2FtcGxlLXRva2VuLXNpZ25hdHVyZQ",
     "preferences_url": "http://127.0.0.1:8000/u/amFuZS5kb2VAZ2xvYmV4LmV4YW1wbGU.c2FtcGxlLXRva2VuLXNpZ25hdHVyZQ?view=preferences",
+    "handoff_url": "http://127.0.0.1:8000/h/MTJ8YWxpY2VAYWNtZS5leGFtcGxl.c2FtcGxlLXRva2VuLXNpZ25hdHVyZQ",
     "handoff": {
         "id": 12,
         "kind": "new",
@@ -420,7 +451,9 @@ def sample_context() -> dict[str, Any]:
 
     `lead`: the lead's fields, `lead.attributes` and `lead.bant`; `campaign`: the
     campaign's name; `step`: the step id; `owner`: the assigned rep's email or None;
-    `unsubscribe_url`, `preferences_url`; `handoff` (for `sales_handoff`): `id`, `kind`
+    `unsubscribe_url`, `preferences_url`; `sender`: `name`, `email`, `reply_to` and
+    `address` (the postal address marketing email shows); `handoff_url` (for `sales_handoff`:
+    the rep's signed link to the handoff's page) and `handoff`: `id`, `kind`
     (new, reminder, reassigned or taken-away), `score`, `grade`, `bant`, `reasons`
     (strings) and `events` ({type, at}).
     """

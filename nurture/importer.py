@@ -10,7 +10,9 @@ memory stays flat whatever the size of the file.
 Every problem is one line `FILE:LINE: column: message`, LINE being the physical line
 where the record starts (the header is line 1). Bad rows are reported and skipped;
 good rows are kept. A row that matches the stored lead changes nothing and never
-reaches Temporal, so re-running the same file is a no-op.
+reaches Temporal, so re-running the same file is a no-op, except for leads an earlier
+run stored but could not hand to their workflow (killed, Temporal gone): their start
+mark makes the re-run start them (the starter in every worker does it too).
 """
 
 from __future__ import annotations
@@ -442,12 +444,14 @@ class _Import:
         unchanged = 0
         with self.nurture.session() as session:
             known = crud.leads_by_email(session=session, emails=[parsed.email for _, parsed in rows])
+            # Stored by an earlier run that stopped before the lead's workflow took it
+            # (see LeadStart): handed over again here, whatever the row says, and still
+            # new if it was new then (so `--campaign` applies to it).
+            marks = crud.start_marks(session=session, keys=[lead.key for lead in known.values()])
             for line, parsed in rows:
                 lead = known.get(parsed.email)
-                # state_version 0: stored, but its workflow never ran (an earlier run stopped
-                # between the store and Temporal): still new, whatever the row says.
-                new = lead is None or lead.state_version == 0
-                if lead is not None and not new and not differs(lead, parsed):
+                new = lead is None or lead.state_version == 0 or marks.get(lead.key, False)
+                if lead is not None and not new and lead.key not in marks and not differs(lead, parsed):
                     unchanged += 1
                     continue
                 fields = dict(parsed.fields)
@@ -456,7 +460,8 @@ class _Import:
                 data = LeadIn(email=parsed.email, attributes=parsed.attributes or None,
                               consent_at=self.consent_at if parsed.consent else None, **fields)
                 try:
-                    stored.append((line, self.nurture.store_lead(session, data)))
+                    stored.append((line, self.nurture.store_lead(session, data,
+                                                                 campaign=self.campaign if new else None)))
                 except InvalidField as error:  # e.g. attributes too large once merged: nothing written
                     refused.append((line, error.field, str(error).removeprefix(f"{error.field}: ")))
                 except UserError as error:  # suppressed: nothing written for this row
@@ -464,9 +469,9 @@ class _Import:
         return stored, unchanged, refused
 
     async def add(self, line: int, lead: StoredLead) -> None:
-        # `created` also covers a row stored by a run that stopped before its workflow started
+        # `created` also covers a row stored by a run that stopped before its workflow took it
         try:
-            result = await self.nurture.start_lead(lead, campaign=self.campaign if lead.created else None)
+            result = await self.nurture.start_lead(lead)
         except UserError as error:
             self.reject(line, [("row", str(error))])
             return
@@ -555,18 +560,10 @@ async def import_file(nurture: Nurture, path: str | Path, *, campaign: str | Non
 
 
 def _check_campaign(nurture: Nurture, name: str) -> None:
-    """Refuse an unknown campaign once, up front, rather than on every new lead."""
-    from nurture.campaign import CampaignError, UnknownCampaignError, find_campaign
-
-    directory = nurture.settings.campaigns_dir
-    if not directory.exists():
-        return  # the workers may see campaigns this machine does not: let them decide
-    try:
-        find_campaign(directory, name)
-    except UnknownCampaignError as error:
-        raise UserError(f"--campaign: {str(error).splitlines()[0]}") from error
-    except CampaignError as error:
-        raise UserError(f"--campaign {name}: {str(error).splitlines()[0]}") from error
+    """Refuse an unknown or broken campaign once, up front, rather than on every new lead."""
+    problem = nurture.campaign_problem(name)
+    if problem:
+        raise UserError(f"--campaign: {problem}")
 
 
 # ---------------------------------------------------------------- progress

@@ -130,6 +130,8 @@ class LeadState:
     handoffs: int = 0
     enrollment: Enrollment | None = None
     enrollments: int = 0
+    # The trigger of an automatic enrollment that waits for a broken campaign file.
+    pending_enroll: str | None = None
     finished_campaigns: list[str] = field(default_factory=list)
     seen_event_ids: list[str] = field(default_factory=list)
     day_counts: dict[str, int] = field(default_factory=dict)
@@ -162,9 +164,25 @@ def workflow_id(key: str, prefix: str = "lead-") -> str:
     return f"{prefix}{key}"
 
 
+def proof_prefix(key: str) -> str:
+    """How the outbox files of test sends rendered for the lead `key` start: they have no
+    email row, so `forget` finds them by this name."""
+    return f"test-{key}-"
+
+
 def send_id(key: str, campaign: str, enrollment: int, step: str) -> str:
     """One id per (lead, enrollment, step): the unit of at-most-once sending."""
     return hashlib.sha256(f"{key}|{campaign}|{enrollment}|{step}".encode()).hexdigest()[:32]
+
+
+def step_email(campaign: Campaign, step: Any, key: str) -> dict[str, Any]:
+    """What a send step's email is for the lead `key`, beyond the lead itself: the
+    template, the sender, and the subject variant chosen for that lead (the
+    SendEmailInput fields the lead's workflow and `nurture email preview` both use)."""
+    variant = rules.ab_variant(campaign.name, step.id, key, len(step.subject)) if step.subject else None
+    return {"template": step.send, "sender": campaign.sender.from_, "reply_to": campaign.sender.reply_to,
+            "sender_address": campaign.sender.address, "campaign": campaign.name, "step": step.id,
+            "subject": step.subject[variant] if variant is not None else None, "variant": variant}
 
 
 # ---------------------------------------------------------------- history

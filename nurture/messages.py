@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from nurture.campaign import Funnel
 from nurture.journey import LeadEvent, LeadProfile, LeadState
 
 
@@ -26,6 +27,9 @@ class LeadInput:
     # (An input field rather than workflow.patched: a patch also upserts a search attribute
     # into every new lead's history.)
     one_read_start: bool = False
+    # The funnel the previous run held, carried over by continue-as-new: re-read at first
+    # use, it is what the lead goes on with while funnel.yaml is broken.
+    funnel: Funnel | None = None
 
 
 @dataclass

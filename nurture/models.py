@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, String, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, String, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -101,6 +101,28 @@ class Lead(SQLModel, table=True):
     next_action_at: datetime | None = _ts(nullable=True)
     state_version: int = 0
 
+    # `lead list` filters walk these in id order (keyset pagination).
+    __table_args__ = (Index("ix_lead_stage_id", "stage", "id"), Index("ix_lead_campaign_id", "campaign", "id"))
+
+
+class LeadStart(SQLModel, table=True):
+    """A stored lead whose workflow has not yet confirmed taking this profile.
+
+    Written in the same transaction as the lead row and deleted once the workflow's
+    update has answered (started, enrolled by `created` or by name): whatever crashes
+    in between, the mark is there, and the starter in every worker (or a re-run of the
+    import) hands the lead to its workflow again. `token` changes with each mark, so a
+    late clear never erases a newer mark; `claimed_until` leases it to one process.
+    """
+
+    __tablename__ = "lead_start"
+    lead_key: str = Field(primary_key=True, max_length=64)
+    created: bool = False  # the lead is new to its workflow: `auto_on: created` applies
+    campaign: str | None = Field(default=None, max_length=100)  # enroll by name
+    token: str = Field(max_length=32)
+    marked_at: datetime = _ts(nullable=False)
+    claimed_until: datetime | None = _ts(nullable=True)
+
 
 class Event(SQLModel, table=True):
     """Every engagement event as received; `dispatched_at` is set once a workflow has it."""
@@ -185,3 +207,23 @@ class Suppression(SQLModel, table=True):
     email_hash: str = Field(primary_key=True, max_length=64)
     reason: str = Field(max_length=50)
     created_at: datetime = _ts(nullable=False)
+
+
+class User(SQLModel, table=True):
+    """A person who signs in to the web app (contract section 7); the password only as an
+    argon2id hash."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True, max_length=254)
+    role: str = Field(max_length=20)  # marketer | sales | admin
+    password_hash: str = Field(max_length=200)
+    created_at: datetime = _ts(nullable=False)
+
+
+class SignInFailure(SQLModel, table=True):
+    """A failed sign-in, kept in the store so the throttle holds across API processes."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    account: str = Field(index=True, max_length=254)
+    address: str = Field(index=True, max_length=64)
+    at: datetime = _ts(nullable=False, index=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from pathlib import Path
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import EmailPolicy
@@ -170,3 +171,18 @@ def build_message(*, sender: str, to: str, reply_to: str | None, subject: str, d
     message.set_content(text)
     message.add_alternative(html, subtype="html")
     return bytes(message)
+
+
+def read_proofs(directory: Path) -> list[dict[str, Any]]:
+    """The test sends (`nurture email test-send`) written to the outbox folder, oldest
+    first: they have no email row, so `nurture outbox` reads them from their files."""
+    from email import message_from_bytes, policy
+    from email.utils import parsedate_to_datetime
+
+    proofs = []
+    for path in sorted(directory.glob("test-*.eml"), key=lambda p: p.stat().st_mtime) if directory.is_dir() else ():
+        message = message_from_bytes(path.read_bytes(), policy=policy.default)
+        date = message["Date"]
+        proofs.append({"to": str(message["To"] or ""), "subject": str(message["Subject"] or ""),
+                       "sent_at": parsedate_to_datetime(str(date)) if date else None, "file": str(path)})
+    return proofs

@@ -13,9 +13,9 @@ way. The preferences view (`?view=preferences`) shows the status and lets a lead
 unsubscribed opt in again explicitly; that never undoes a bounce, a spam complaint
 or an erasure.
 
-Every page is Jinja2 with autoescaping. The dashboard is read-only and needs no key:
-it is an operator page, served on 127.0.0.1 by default, and shows lead addresses.
-Do not expose it publicly without putting authentication in front of it.
+Every page is Jinja2 with autoescaping. The dashboard is read-only and needs a signed-in
+user (nurture.web.auth guards every page but the public ones); it renders through the
+web app's layout.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ import logging
 from datetime import datetime
 from email.utils import parseaddr
 from typing import Any
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import DictLoader, Environment, select_autoescape
 from sqlalchemy import func, update
 from sqlmodel import col, select
@@ -40,6 +39,8 @@ from nurture.db import session_scope
 from nurture.journey import LeadEvent
 from nurture.models import Email, Event, Handoff, Lead, as_utc, utcnow
 from nurture.service import Nurture
+from nurture.web import render
+from nurture.web.auth import current_user, form_fields
 from nurture.wording import plural
 from workflows.lead import EventsInput, LeadWorkflow, ResubscribeInput
 
@@ -112,34 +113,6 @@ TEMPLATES = {
     "message.html": """{% extends "base.html" %}{% block body %}
 <h1>{{ title }}</h1><p>{{ message }}</p>
 {% endblock %}""",
-    "dashboard.html": """{% extends "base.html" %}{% block width %}68rem{% endblock %}{% block body %}
-<h1>nurture</h1>
-<p class="muted">{{ leads|plural("lead") }}, {{ visitors|plural("anonymous visitor") }}. Generated {{ now }}. Read-only.</p>
-<h2>Leads per stage</h2>
-<p class="muted">visitor: anonymous visitors (an anonymous_id with events, not yet a lead).</p>
-<table><tr>{% for stage, n in stages %}<th class="n">{{ stage }}</th>{% endfor %}</tr>
-<tr>{% for stage, n in stages %}<td class="n">{{ n }}</td>{% endfor %}</tr></table>
-<h2>Leads per subscription status</h2>
-<table><tr>{% for status, n in statuses %}<th class="n">{{ status }}</th>{% endfor %}</tr>
-<tr>{% for status, n in statuses %}<td class="n">{{ n }}</td>{% endfor %}</tr></table>
-<h2>Open handoffs</h2>
-{% if handoffs %}<table><tr><th class="n">id</th><th>lead</th><th>owner</th><th class="n">score</th><th>grade</th><th>since</th></tr>
-{% for h in handoffs %}<tr><td class="n">{{ h.id }}</td><td>{{ h.email or "(erased)" }}</td><td>{{ h.owner or "-" }}</td>
-<td class="n">{{ h.score }}</td><td>{{ h.grade }}</td><td>{{ h.since }}</td></tr>{% endfor %}</table>
-{% else %}<p class="muted">None.</p>{% endif %}
-<h2>Sends per campaign and step</h2>
-{% if steps %}<table><tr><th>campaign</th><th>step</th>{% for c in step_columns %}<th class="n">{{ c }}</th>{% endfor %}</tr>
-{% for row in steps %}<tr><td>{{ row.campaign }}</td><td>{{ row.step }}</td>
-{% for c in step_columns %}<td class="n">{{ row[c] }}</td>{% endfor %}</tr>{% endfor %}</table>
-<p class="muted">Marketing email only. Each column counts the emails that got at least that far
-(a clicked email was also delivered and opened); machine opens (privacy proxies) do not count as opened.</p>
-{% else %}<p class="muted">No marketing email yet.</p>{% endif %}
-<h2>Last {{ emails|length|plural("email") }}</h2>
-{% if emails %}<table><tr><th>at</th><th>to</th><th>campaign</th><th>step</th><th>subject</th><th>status</th></tr>
-{% for e in emails %}<tr><td>{{ e.at }}</td><td>{{ e.to or "(erased)" }}</td><td>{{ e.campaign or "-" }}</td>
-<td>{{ e.step or "-" }}</td><td>{{ e.subject }}</td><td>{{ e.status }}</td></tr>{% endfor %}</table>
-{% else %}<p class="muted">No email yet.</p>{% endif %}
-{% endblock %}""",
 }
 
 _env = Environment(loader=DictLoader(TEMPLATES), autoescape=select_autoescape(default=True, default_for_string=True))
@@ -181,7 +154,8 @@ async def unsubscribe_post(token: str, request: Request) -> HTMLResponse:
     if found is None:
         return _invalid()
     lead, brand = found
-    action = _form(request.headers.get("content-type", ""), await request.body()).get("action", "unsubscribe")
+    # Any body but a form (e.g. the multipart one-click) means unsubscribe.
+    action = form_fields(request.headers.get("content-type", ""), await request.body()).get("action", "unsubscribe")
     if action == "resubscribe":
         return await _resubscribe(nurture, token, lead, brand)
     if action != "unsubscribe":
@@ -190,17 +164,6 @@ async def unsubscribe_post(token: str, request: Request) -> HTMLResponse:
     if event is not None:
         await _deliver(nurture, lead.key, event)
     return _page("done.html", title="You are unsubscribed", token=token, email=lead.email, brand=brand)
-
-
-def _form(content_type: str, body: bytes) -> dict[str, str]:
-    """The urlencoded form fields; any other body (e.g. multipart one-click) means unsubscribe."""
-    if content_type and not content_type.lower().startswith("application/x-www-form-urlencoded"):
-        return {}
-    try:
-        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True)
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    return {name: values[0] for name, values in fields.items() if values}
 
 
 def _lead_for_token(settings: Settings, token: str) -> tuple[Lead, str] | None:
@@ -338,9 +301,12 @@ _REACHED = {
 }
 
 
-@router.get("/", response_class=HTMLResponse)
-def dashboard(request: Request) -> HTMLResponse:
-    """Counts per stage and status, open handoffs, sends per campaign and step, last emails."""
+@router.get("/")
+def dashboard(request: Request) -> Response:
+    """Counts per stage and status, open handoffs, sends per campaign and step, last emails
+    (signed-in users; sales reps, who see only their own leads, go to their inbox)."""
+    if current_user(request).role == "sales":
+        return RedirectResponse("/handoffs", status_code=303)
     settings: Settings = request.app.state.settings
     with session_scope(settings.db_url) as session:
         stages = dict(session.exec(select(Lead.stage, func.count()).group_by(Lead.stage)).all())
@@ -359,8 +325,8 @@ def dashboard(request: Request) -> HTMLResponse:
         for column in _REACHED.get(status, ()):
             row[column] += count
     order = ["visitor", "lead", "mql", "sql", "opportunity", "customer", "recycled", "disqualified"]
-    return _page(
-        "dashboard.html", title="nurture dashboard", now=when.labelled(utcnow()),
+    return render.page(
+        request, "dashboard.html", title="Dashboard", now=when.labelled(utcnow()),
         leads=sum(stages.values()), visitors=visitors,
         stages=[(s, stages.get(s, 0) + (visitors if s == "visitor" else 0)) for s in order]
         + [(s, n) for s, n in stages.items() if s not in order],

@@ -61,12 +61,13 @@ _ZERO = re.compile(r"^(0+[smhdw]?)+$")
 # ---------------------------------------------------------------- inputs
 
 
-def check_campaign(path: Path, templates_dir: Path) -> tuple[Campaign, list[Problem]]:
+def check_campaign(path: Path, templates_dir: Path, funnel_file: Path | None = None) -> tuple[Campaign, list[Problem]]:
     """The campaign in `path` and its warnings; CampaignError with every error (templates
-    included: a template that does not render would only show up as a failed send)."""
+    included: a template that does not render would only show up as a failed send).
+    `funnel_file`: the funnel the run uses (its `sender.address`)."""
     if not path.is_file():
         raise CampaignError([Problem(str(path), 1, "(file)", "no such file")])
-    problems = validate_paths([path], templates_dir)
+    problems = validate_paths([path], templates_dir, funnel_file)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise CampaignError(errors)
@@ -203,11 +204,13 @@ class Entry:
     delta: int | None
     score: int | None
     detail: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None  # a sent email's text part, as the lead would read it (`--render`)
 
     def as_json(self) -> dict[str, Any]:
         return {"at": self.at.isoformat(), "offset": format_offset(self.offset), "kind": self.kind,
                 "reason": self.reason, "delta": self.delta, "score": self.score,
-                **({"detail": self.detail} if self.detail else {})}
+                **({"detail": self.detail} if self.detail else {}),
+                **({"text": self.text} if self.text is not None else {})}
 
 
 @dataclass
@@ -373,6 +376,27 @@ class _Run:
         data["enroll"] = {**enroll, "stages": list(STAGES)}
         self.copy.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
+    def sent_texts(self) -> dict[tuple[str | None, str | None], list[str]]:
+        """The text part of each email that went out, read back from the preview's own
+        outbox (what the send activity wrote), by (campaign, step), oldest first."""
+        import email
+        from email import policy
+
+        from nurture import crud
+
+        settings = self.nurture.settings
+        texts: dict[tuple[str | None, str | None], list[str]] = {}
+        with self.nurture.session() as session:
+            rows = [(row.campaign, row.step, row.send_id) for row in
+                    crud.emails_of(session=session, key=journey.lead_key(self.email)) if row.status == "sent"]
+        for campaign, step, send_id in rows:
+            path = settings.outbox_dir / f"{send_id}.eml"
+            if path.exists():
+                message = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+                body = message.get_body(("plain",))  # type: ignore[attr-defined]
+                texts.setdefault((campaign, step), []).append(body.get_content() if body is not None else "")
+        return texts
+
     async def forward_to(self, moment: datetime) -> None:
         gap = moment - await self.clock.now(self.handle)
         if gap > timedelta(0):
@@ -386,8 +410,10 @@ class _Run:
         lead = self.nurture.show(self.email)
         zone = lead_zone(self.campaign, self.lead.timezone)
         origin = enrolled_at or (_utc(lead["history"][0]["at"]) if lead["history"] else datetime.now(timezone.utc))
+        texts = self.sent_texts()
         entries = [Entry(at=_utc(h["at"]).astimezone(zone), offset=_utc(h["at"]) - origin, kind=h["kind"],
-                         reason=h["reason"], delta=h["delta"], score=h["score"], detail=h.get("detail") or {})
+                         reason=h["reason"], delta=h["delta"], score=h["score"], detail=h.get("detail") or {},
+                         text=_text_of(h, texts))
                    for h in lead["history"]]
         entries += [item.entry(zone, origin, lead["history"], self.campaign.name) for item in self.ignored]
         entries.sort(key=lambda entry: entry.at)  # stable: the history's own order within a moment
@@ -409,6 +435,15 @@ class _Ignored:
         reason = f"scripted {self.event.type} on {step} ignored: that email had not been sent yet, {self.waiting}{later}"
         return Entry(at=self.at.astimezone(zone), offset=self.at - origin, kind="note", reason=reason, delta=None,
                      score=None, detail={"scripted": True, "line": self.event.line, "step": step, "ignored": True})
+
+
+def _text_of(entry: dict[str, Any], texts: dict[tuple[str | None, str | None], list[str]]) -> str | None:
+    """The text of the email a `sent` history entry is about (each used once, in order)."""
+    detail = entry.get("detail") or {}
+    if entry["kind"] != "email" or detail.get("status") != "sent":
+        return None
+    waiting = texts.get((detail.get("campaign"), detail.get("step")))
+    return waiting.pop(0) if waiting else None
 
 
 def _sent(history: list[dict[str, Any]], campaign: str, step: str) -> list[dict[str, Any]]:
@@ -438,8 +473,8 @@ def _utc(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
 
 
-def render(timeline: Timeline, console: Any) -> None:
-    """The timeline as a table, then one summary line."""
+def render(timeline: Timeline, console: Any, *, texts: bool = False) -> None:
+    """The timeline as a table, then (with `texts`) each sent email's text, then one summary line."""
     from rich.table import Table
     from rich.text import Text
 
@@ -459,6 +494,10 @@ def render(timeline: Timeline, console: Any) -> None:
                       "" if entry.delta in (None, 0) else f"{entry.delta:+d}",
                       "" if entry.score is None else str(entry.score))
     console.print(table)
+    for entry in timeline.entries if texts else ():
+        if entry.text is not None:
+            console.print(Text(f"--- {format_offset(entry.offset)} {entry.reason}"), soft_wrap=True)
+            console.print(Text(entry.text.rstrip("\n")), soft_wrap=True)
     for note in timeline.notes:
         console.print(Text(f"note: {note}"))
     console.print(Text(timeline.summary()))

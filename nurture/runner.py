@@ -29,19 +29,22 @@ def _stop_event() -> asyncio.Event:
 
 async def _serve_worker(client: Any, settings: Settings, stop: asyncio.Event) -> None:
     from nurture.dispatcher import run_dispatcher
+    from nurture.starter import run_starter
     from worker import build_worker
 
     worker = build_worker(client, settings)
     task = asyncio.create_task(worker.run())
-    # Stored webhook events -> the leads' workflows; stopped by the same stop event.
-    dispatcher = asyncio.create_task(run_dispatcher(settings, client, stop))
+    # Stored webhook events and stored leads not yet started -> the leads' workflows;
+    # stopped by the same stop event.
+    helpers = [asyncio.create_task(run_dispatcher(settings, client, stop)),
+               asyncio.create_task(run_starter(settings, client, stop))]
     try:
         await _until(stop, task)
         if not task.done():
             await worker.shutdown()
     finally:
         stop.set()
-        await dispatcher
+        await asyncio.gather(*helpers)
 
 
 def _bind_http(settings: Settings) -> socket.socket:
@@ -62,6 +65,28 @@ async def _serve_api(settings: Settings, stop: asyncio.Event, client: Any | None
     await _until(stop, task)
     server.should_exit = True
     await task
+
+
+async def _report_broken_files(settings: Settings, console: Console, stop: asyncio.Event) -> None:
+    """One line when a configuration file breaks and one when it is fixed: the journeys run
+    on its last valid version meanwhile, and this terminal is where the operator looks."""
+    from rich.markup import escape
+
+    from nurture.lastvalid import ConfigFiles
+
+    config = ConfigFiles(settings)
+    shown: dict[str, str] = {}
+    while not stop.is_set():
+        now = {broken.file: broken.line() for broken in config.broken()}
+        for file, line in now.items():
+            if shown.get(file) != line:
+                console.print(f"[bold red]config error[/bold red] {escape(line)}"
+                              f" (check with `nurture campaign validate {escape(file)}`)", soft_wrap=True)
+        for file in shown.keys() - now.keys():
+            console.print(f"[green]config fixed[/green] {escape(file)} is valid again and in force", soft_wrap=True)
+        shown = now
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2)
 
 
 async def _until(stop: asyncio.Event, task: asyncio.Task[Any]) -> None:
@@ -154,7 +179,8 @@ async def run_up(settings: Settings, console: Console) -> None:
     _print_off(settings, console)
     console.print("Ctrl-C stops all.")
     try:
-        await asyncio.gather(_serve_worker(client, settings, stop), _serve_api(settings, stop, client, sock))
+        await asyncio.gather(_serve_worker(client, settings, stop), _serve_api(settings, stop, client, sock),
+                             _report_broken_files(settings, console, stop))
     finally:
         if server is not None:
             server.stop()
@@ -166,7 +192,7 @@ async def run_worker(settings: Settings, console: Console) -> None:
     stop = _stop_event()
     client = await connect(settings)
     console.print(f"worker on {settings.temporal_target}, task queue {settings.task_queue}; Ctrl-C stops")
-    await _serve_worker(client, settings, stop)
+    await asyncio.gather(_serve_worker(client, settings, stop), _report_broken_files(settings, console, stop))
 
 
 async def run_api(settings: Settings, console: Console) -> None:

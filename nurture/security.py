@@ -98,6 +98,21 @@ def preferences_url(public_url: str, secret: str, lead_key: str) -> str:
     return f"{unsubscribe_url(public_url, secret, lead_key)}?view=preferences"
 
 
+def handoff_url(public_url: str, secret: str, handoff_id: int, owner: str) -> str:
+    """The sales rep's link to one handoff (`/h/{token}`), bound to it and to its owner:
+    the web app voids it once the handoff is reassigned or closed."""
+    return f"{public_url.rstrip('/')}/h/{sign_token(secret, f'{handoff_id}|{owner}', 'handoff')}"
+
+
+def verify_handoff_token(secret: str, token: str) -> tuple[int, str] | None:
+    """(handoff id, owner) a `/h/` token was signed for, or None. Never raises."""
+    payload = verify_token(secret, token, "handoff")
+    handoff_id, bar, owner = (payload or "").partition("|")
+    if not bar or not handoff_id.isdigit() or len(handoff_id) > 18 or not owner:
+        return None
+    return int(handoff_id), owner
+
+
 def webhook_signature(secret: str, body: bytes) -> str:
     """Value of the `X-Nurture-Signature` header on outgoing webhooks: `sha256=<hex>`."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()

@@ -13,7 +13,7 @@ import hashlib
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
@@ -21,14 +21,16 @@ from sqlmodel import Session
 from nurture import crud, leadfields, security
 from nurture.config import Settings
 from nurture.db import reclaim_erased, session_scope
+from nurture.leads import lead_document
 from nurture.models import Event, Lead, as_utc, utcnow
 from nurture.temporal import TemporalUnavailable, connect
-from nurture.vocabulary import BANT_KEYS, SUPPRESSING_EVENTS, iso
+from nurture.vocabulary import SUPPRESSING_EVENTS, iso
 
 if TYPE_CHECKING:
     from temporalio.client import Client
 
     from nurture.journey import LeadEvent, LeadProfile
+    from nurture.lastvalid import BrokenFile, ConfigFiles
     from workflows.lead import LeadResult
 
 # temporalio, the workflow module and the journey are imported in the methods that
@@ -87,11 +89,13 @@ class LeadIn:
 
 @dataclass
 class StoredLead:
-    """A lead row as written, ready to hand to its workflow."""
+    """A lead row as written, ready to hand to its workflow; `token` is its start mark's."""
 
     key: str
     profile: LeadProfile
     created: bool
+    campaign: str | None = None
+    token: str = ""
 
 
 @dataclass
@@ -113,6 +117,17 @@ class Nurture:
         self._client = client
         # lead key -> its queue of updates; dropped by itself once no update holds it
         self._slots: weakref.WeakValueDictionary[str, asyncio.Semaphore] = weakref.WeakValueDictionary()
+        self._config: ConfigFiles | None = None
+
+    @property
+    def config(self) -> ConfigFiles:
+        """The files in force, re-read only when they change (loaded on first use: the
+        campaign models are not for the read commands)."""
+        if self._config is None:
+            from nurture.lastvalid import ConfigFiles
+
+            self._config = ConfigFiles(self.settings)
+        return self._config
 
     async def client(self) -> Client:
         if self._client is None:
@@ -127,15 +142,19 @@ class Nurture:
     async def add_lead(self, data: LeadIn, *, campaign: str | None = None) -> LeadResult:
         """Create or update a lead by email; enroll it by name or by `auto_on: created`."""
         data = _checked(data)  # a bad value is the user's error, whatever else is down
+        if campaign is not None:
+            self.check_campaign(campaign)
         await self.client()  # fail fast (exit 3) before writing anything
         with self.session() as session:
-            stored = self.store_lead(session, data)
-        return await self.start_lead(stored, campaign=campaign)
+            stored = self.store_lead(session, data, campaign=campaign)
+        return await self.start_lead(stored)
 
-    def store_lead(self, session: Session, data: LeadIn) -> StoredLead:
+    def store_lead(self, session: Session, data: LeadIn, *, campaign: str | None = None) -> StoredLead:
         """Write the lead's row (created, or the fields given filled in) in the caller's
-        transaction; UserError, with nothing written, if a value is refused (nurture.leadfields)
-        or the address may not be used."""
+        transaction, with its start mark (see LeadStart): until `start_lead` has handed
+        it to its workflow, a crash leaves the mark for the starter. UserError, with
+        nothing written, if a value is refused (nurture.leadfields) or the address may
+        not be used."""
         from nurture.journey import LeadProfile, lead_key
 
         data = _checked(data)
@@ -151,21 +170,63 @@ class Nurture:
             raise InvalidField(error) from None
         # state_version 0: stored before, but its workflow never got through a first
         # task (a run stopped between the store and Temporal): it is still new to it.
-        return StoredLead(lead.key, LeadProfile(**crud.profile_of(lead)), created or lead.state_version == 0)
+        mark = crud.mark_start(session=session, key=lead.key, created=created or lead.state_version == 0,
+                               campaign=campaign, lease=self.start_lease)
+        return StoredLead(lead.key, LeadProfile(**crud.profile_of(lead)), mark.created, mark.campaign, mark.token)
 
-    async def start_lead(self, stored: StoredLead, *, campaign: str | None = None) -> LeadResult:
-        """Hand a stored lead to its workflow (started if new), waiting for the result."""
+    @property
+    def start_lease(self) -> timedelta:
+        """How long a start mark stays with the process that wrote it: past the longest
+        update it may wait for, so the starter never hands over a lead still in hand."""
+        return timedelta(seconds=self.settings.update_timeout + 15)
+
+    async def start_lead(self, stored: StoredLead) -> LeadResult:
+        """Hand a stored lead to its workflow (started if new), waiting for the result,
+        then clear its start mark. A refusal (UserError) is an answer too: cleared."""
         from workflows.lead import LeadWorkflow, ProfileUpdate
 
-        return await self._update(stored.key, LeadWorkflow.upsert_profile,
-                                  ProfileUpdate(profile=stored.profile, created=stored.created, campaign=campaign),
-                                  profile=stored.profile)
+        update = ProfileUpdate(profile=stored.profile, created=stored.created, campaign=stored.campaign)
+        try:
+            result = await self._update(stored.key, LeadWorkflow.upsert_profile, update, profile=stored.profile)
+        except UserError:
+            self._clear_start(stored)
+            raise
+        # (TemporalUnavailable, or this process dies: the mark stays for the starter.)
+        self._clear_start(stored)
+        return result
+
+    def _clear_start(self, stored: StoredLead) -> None:
+        if stored.token:
+            with self.session() as session:
+                crud.clear_start(session=session, key=stored.key, token=stored.token)
 
     async def enroll(self, email: str, campaign: str, *, switch: bool = False) -> LeadResult:
         from workflows.lead import EnrollRequest, LeadWorkflow
 
         lead = self._lead(email)
+        self.check_campaign(campaign)
         return await self._update(lead.key, LeadWorkflow.enroll, EnrollRequest(campaign=campaign, switch=switch))
+
+    def check_campaign(self, name: str) -> None:
+        """Refuse, before anything is written, an enrollment in a campaign that does not
+        exist or whose file is invalid now: the worker would only refuse it later."""
+        problem = self.campaign_problem(name)
+        if problem:
+            raise InvalidField(leadfields.FieldError("campaign", problem))
+
+    def campaign_problem(self, name: str) -> str | None:
+        """Why an enrollment in `name` is refused now (unknown, or its file invalid), or None."""
+        directory = self.settings.campaigns_dir
+        if not directory.exists():
+            return None  # the workers may see campaigns this machine does not: let them decide
+        from nurture.campaign import CampaignError, find_campaign
+        from nurture.lastvalid import campaign_refusal
+
+        try:
+            find_campaign(directory, name)
+        except CampaignError as error:
+            return campaign_refusal(name, error)
+        return None
 
     async def record_event(self, email: str, type_: str, *, at: datetime | None = None,
                            event_id: str | None = None, **fields: Any) -> LeadResult:
@@ -297,6 +358,11 @@ class Nurture:
         for send_id in sends:  # the outbox copies name the lead too
             for suffix in (".eml", ".tmp"):
                 (self.settings.outbox_dir / f"{send_id}{suffix}").unlink(missing_ok=True)
+        # Test sends rendered for this lead (`nurture email test-send`) have no row: found by name.
+        from nurture.journey import proof_prefix
+
+        for proof in self.settings.outbox_dir.glob(f"{proof_prefix(lead.key)}*"):
+            proof.unlink(missing_ok=True)
         # The workflow's own history still holds the address: remove the run as well.
         try:
             client = await self.client()
@@ -318,6 +384,7 @@ class Nurture:
         from workflows.lead import LeadWorkflow, RescoreInput
 
         lead = self._lead(email)
+        self._refuse_a_broken_funnel("rescore")
         return await self._update(lead.key, LeadWorkflow.rescore, RescoreInput())
 
     async def rescore_all(self, *, progress: Callable[[int, int], None] | None = None,
@@ -325,6 +392,7 @@ class Nurture:
         """`rescore` for every lead, a few at a time; `progress(done, total)` after each.
         A lead that refuses (forgotten meanwhile) is reported and the others go on; no
         worker or no Temporal stops the whole run (TemporalUnavailable)."""
+        self._refuse_a_broken_funnel("rescore")
         with self.session() as session:
             emails = crud.lead_emails(session=session)
         report = RescoreReport(leads=len(emails))
@@ -447,12 +515,31 @@ class Nurture:
             return await asyncio.wait_for(client.execute_update_with_start_workflow(
                 update, arg, start_workflow_operation=start, result_type=LeadResult), timeout=max(timeout, 0.001))
         except (asyncio.TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as error:
-            raise TemporalUnavailable(
-                f"no worker answered within {self.settings.update_timeout:g}s on task queue "
-                f"'{self.settings.task_queue}': is `nurture up` or `nurture worker` running? "
-                "(stored events are delivered once one runs)") from error
+            raise TemporalUnavailable(self._unanswered()) from error
         except WorkflowUpdateFailedError as error:
             raise UserError(_failure_message(error)) from error
+
+
+    def _broken_funnel(self) -> BrokenFile | None:
+        return next((broken for broken in self.config.broken() if broken.is_funnel), None)
+
+    def _refuse_a_broken_funnel(self, what: str) -> None:
+        """A rescore asks for funnel.yaml as it is now: while it is broken, the last valid
+        version runs, and rescoring under it is not what the operator asked for."""
+        funnel = self._broken_funnel()
+        if funnel is not None:
+            raise UserError(f"{what} refused while funnel.yaml is invalid: {funnel.error}")
+
+    def _unanswered(self) -> str:
+        """Why an update found no answer in time: usually no worker; but a funnel.yaml
+        broken with no valid version holds a lead that has no funnel yet, and says so."""
+        funnel = self._broken_funnel()
+        if funnel is not None and not funnel.fallback:
+            return (f"no answer within {self.settings.update_timeout:g}s: {funnel.line()}; what was sent is kept "
+                    "and applied once the file is valid")
+        return (f"no worker answered within {self.settings.update_timeout:g}s on task queue "
+                f"'{self.settings.task_queue}': is `nurture up` or `nurture worker` running? "
+                "(stored events are delivered once one runs)")
 
 
 def _normalised(email: str) -> str:
@@ -495,31 +582,14 @@ def _event_id(key: str, type_: str, at: datetime, data: dict[str, Any]) -> str:
 
 
 def lead_json(session: Session, lead: Lead) -> dict[str, Any]:
-    """`nurture lead show --json` from the store (contract section 4)."""
+    """`nurture lead show --json` from the store (contract section 4): the lead's
+    document (everything stored about it) and its history."""
     history = crud.list_history(session=session, key=lead.key)
     return {
-        "email": lead.email,
-        "first_name": lead.first_name,
-        "last_name": lead.last_name,
-        "company": lead.company,
-        "job_title": lead.job_title,
-        "stage": lead.stage,
-        "status": lead.status,
-        "score": lead.score,
-        "fit": lead.fit,
-        "grade": lead.grade,
-        "temperature": lead.temperature,
-        "owner": lead.owner,
-        "bant": {key: lead.bant.get(key) for key in BANT_KEYS},
-        "campaign": lead.campaign,
-        "step": lead.step,
-        "waiting_for": lead.waiting_for,
-        "next_action_at": iso(as_utc(lead.next_action_at)),
-        "created_at": iso(as_utc(lead.created_at)),
+        **lead_document(lead),
         "history": [
             {"at": iso(as_utc(h.at)), "kind": h.kind, "delta": h.delta, "reason": h.reason,
              "score": h.score, **({"detail": h.detail} if h.detail else {})}
             for h in history
         ],
     }
-

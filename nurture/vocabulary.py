@@ -7,6 +7,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 BANT_KEYS = ("budget", "authority", "need", "timing")
+STAGES = ("visitor", "lead", "mql", "sql", "opportunity", "customer", "disqualified", "recycled")
+STATUSES = ("subscribed", "unsubscribed", "bounced", "complained")
+GRADES = ("A", "B", "C", "D", "F")
+TEMPERATURES = ("cold", "warm", "hot")
 # Events that end all marketing email to the address at once, and the status they set.
 SUPPRESSING_EVENTS = {
     "email_unsubscribe": "unsubscribed",

@@ -159,6 +159,27 @@ async def drop_resubscribe(j: Journey) -> None:
     await j.forward(timedelta(days=30))
 
 
+async def broken_files(j: Journey) -> None:
+    """A campaign file broken before it was ever read: the automatic enrollment waits, and the
+    lead enters once the file is fixed; then funnel.yaml broken with no valid version left:
+    the lead's workflow goes on with the funnel it holds."""
+    settings = j.nurture.settings
+    trial, funnel = settings.campaigns_dir / "b2b-trial.yaml", settings.funnel_file
+    shutil.rmtree(settings.home / "last-valid", ignore_errors=True)
+    trial_text, funnel_text = trial.read_text(encoding="utf-8"), funnel.read_text(encoding="utf-8")
+    trial.write_text(trial_text + "\nunknown_key: 1\n", encoding="utf-8")
+    await j.add(first_name="Fay", job_title="VP Marketing", company_size=200, source="web_form")
+    await j.forward(timedelta(hours=2))
+    trial.write_text(trial_text, encoding="utf-8")
+    await j.until(sent("welcome"))
+    funnel.write_text(funnel_text + "\nunknown_key: 1\n", encoding="utf-8")
+    shutil.rmtree(settings.home / "last-valid")
+    await j.forward(timedelta(minutes=2))
+    await j.event("email_click", campaign="b2b-trial", step="welcome")
+    funnel.write_text(funnel_text, encoding="utf-8")
+    await j.forward(timedelta(days=3))
+
+
 JOURNEYS: dict[str, tuple[str, Callable[[Journey], Awaitable[None]]]] = {
     "click_path": ("ann@globex.example", click_path),
     "timeout_path": ("bob@initech.example", timeout_path),
@@ -167,12 +188,15 @@ JOURNEYS: dict[str, tuple[str, Callable[[Journey], Awaitable[None]]]] = {
     "handoff_sla": ("hal@cyberdyne.example", handoff_sla),
     "unsubscribe": ("eve@umbrella.example", unsubscribe),
     "drop_resubscribe": ("fay@stark.example", drop_resubscribe),
+    "broken_files": ("fay@wayne.example", broken_files),  # last: it breaks and repairs the files
 }
 
 
 async def record(names: list[str], out: Path) -> None:
     home = Path(tempfile.mkdtemp(prefix="nurture-record-"))
-    settings = Settings(home=home, database_url=f"sqlite:///{home / 'nurture.db'}", campaigns_dir=ROOT / "campaigns",
+    campaigns = home / "campaigns"  # a copy: the broken_files journey edits its files
+    shutil.copytree(ROOT / "campaigns", campaigns)
+    settings = Settings(home=home, database_url=f"sqlite:///{home / 'nurture.db'}", campaigns_dir=campaigns,
                         templates_dir=ROOT / "templates" / "email", task_queue="record", secret="record-secret",
                         sendgrid_api_key=None)
     upgrade(settings.db_url)

@@ -111,8 +111,8 @@ async def test_the_send_activity_checks_and_mails_the_canonical_address(stack):
         keys[legacy] = key = journey.lead_key(legacy)
         with stack.session() as session:
             session.add(Lead(key=key, email=legacy, state_version=1))
-        await stack.nurture.start_lead(StoredLead(key, LeadProfile(email=legacy, source="web_form"), created=True),
-                                       campaign="b2b-trial")
+        await stack.nurture.start_lead(StoredLead(key, LeadProfile(email=legacy, source="web_form"), created=True,
+                                                  campaign="b2b-trial"))
 
     def emails(legacy: str) -> list:
         with stack.session() as session:

@@ -958,10 +958,22 @@ def test_validate_a_missing_path(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- templates
 
 
-def write_template(folder: Path, name: str, html: str, subject: str = "Hello", body: str = "Hi there") -> None:
+# A campaign head whose sender has the postal address marketing email must show.
+ADDRESSED = """\
+name: trial
+sender: {from: hello@acme.example, address: "Acme Inc., 1 Main Street, Springfield"}
+"""
+FOOTER_HTML = '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a> {{ sender.address }}</p>\n'
+FOOTER_TEXT = "Unsubscribe: {{ unsubscribe_url }}\n{{ sender.address }}\n"
+
+
+def write_template(folder: Path, name: str, html: str, subject: str = "Hello", body: str = "Hi there",
+                   footer: bool = True) -> None:
+    """NAME.html and NAME.txt; with `footer`, the unsubscribe link and postal address after them."""
     folder.mkdir(exist_ok=True)
-    (folder / f"{name}.html").write_text(html, encoding="utf-8")
-    (folder / f"{name}.txt").write_text(f"Subject: {subject}\n\n{body}\n", encoding="utf-8")
+    (folder / f"{name}.html").write_text(html + (FOOTER_HTML if footer else ""), encoding="utf-8")
+    (folder / f"{name}.txt").write_text(f"Subject: {subject}\n\n{body}\n" + (FOOTER_TEXT if footer else ""),
+                                        encoding="utf-8")
 
 
 def test_templates_must_exist_and_render(tmp_path: Path) -> None:
@@ -972,7 +984,7 @@ def test_templates_must_exist_and_render(tmp_path: Path) -> None:
           - {id: welcome, send: welcome}
           - {id: case-study, send: case_study}
           - {id: demo, send: demo_invite}
-    """)
+    """, ADDRESSED)
 
     lines = report(path, templates)
 
@@ -992,7 +1004,8 @@ def test_the_funnel_handoff_template_must_exist(tmp_path: Path) -> None:
         f"2: handoff.notify.template: email 'sales_hand_off' not found: no sales_hand_off.html and no sales_hand_off.txt in {templates}",
     ]
     assert report(write(tmp_path, "handoff: {owners: [alice@acme.example]}\n", "funnel.yaml"), templates) == [
-        f"1: handoff.notify.template: email 'sales_handoff' not found: no sales_handoff.txt in {templates}",
+        f"1: handoff.notify.template: email 'sales_handoff' has no plain-text part: no sales_handoff.txt in {templates} "
+        "(its first line is `Subject: ...`, then the text)",
     ]
 
 
@@ -1007,7 +1020,7 @@ def test_subject_variants_are_rendered_for_the_sample_leads_at_their_own_line(tm
               - "ok {{ unknown_var }}"
           - {id: two, send: welcome, subject: "{{ lead.company or '' }}"}
           - {id: three, send: welcome, subject: "{{ lead.first_name }}, a story for you"}
-    """)
+    """, ADDRESSED)
 
     assert report(path, templates) == [
         "8: steps.0.subject.1: subject template: 'unknown_var' is undefined",
@@ -1024,7 +1037,7 @@ def test_the_handoff_template_is_checked_with_its_owner_set(tmp_path: Path) -> N
     write_template(templates, "sales_handoff", "<p>Hi {{ owner }}: {{ lead.email }}</p>\n", subject="SQL for {{ owner }}")
     write_template(templates, "welcome", "<p>Your rep: {{ owner }}</p>\n")
     funnel = write(tmp_path, "handoff: {owners: [alice@acme.example]}\n", "funnel.yaml")
-    campaign = campaign_with_steps(tmp_path, "- {id: welcome, send: welcome}\n")
+    campaign = campaign_with_steps(tmp_path, "- {id: welcome, send: welcome}\n", ADDRESSED)
 
     assert report(funnel, templates) == []
     assert report(campaign, templates) == [

@@ -387,9 +387,10 @@ def test_validate_refuses_a_huge_power_promptly_at_its_file_and_line(tmp_path: P
     import time
 
     templates = write(tmp_path, {"welcome.html": "<p>Hi</p>\n<p>" + BOMB + "</p>\n", "welcome.txt": "Subject: Hi\n\nHi\n",
-                                 "note.html": "<p>Hi</p>\n", "note.txt": "Subject: Hi\n\nHi\n"})
+                                 "note.html": '<a href="{{ unsubscribe_url }}">Unsubscribe</a> {{ sender.address }}\n',
+                                 "note.txt": "Subject: Hi\n\n{{ unsubscribe_url }} {{ sender.address }}\n"})
     campaign = tmp_path / "trial.yaml"
-    campaign.write_text("name: trial\nsender: {from: hello@acme.example}\nsteps:\n  - {id: welcome, send: welcome}\n"
+    campaign.write_text("name: trial\nsender: {from: hello@acme.example, address: 1 Main St}\nsteps:\n  - {id: welcome, send: welcome}\n"
                         f"  - {{id: again, send: note, subject: \"{BOMB}\"}}\n", encoding="utf-8")
     env = {**os.environ, "NURTURE_HOME": str(tmp_path / "home"), "NURTURE_TEMPLATES_DIR": str(templates)}
     started = time.monotonic()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nurture import crud, journey, security
+from nurture.proofs import send_test, stored_lead
 
 ADDRESS = "zephyrine.quillfeather@globex.example"
 NEEDLES = [ADDRESS.encode(), b"zephyrine", b"quillfeather"]
@@ -28,6 +29,9 @@ async def test_forget_leaves_no_trace_of_the_address_or_name_in_any_file(stack):
     lead = await stack.until(ADDRESS, lambda lead: lead["step"] == "wait-click")
     assert any("Zephyrine" in h["reason"] for h in lead["history"])  # sent welcome: "Zephyrine, welcome..."
     await stack.nurture.record_event(ADDRESS, "page_view", url="https://acme.example/pricing")
+    tester = stack.settings.model_copy(update={"test_recipients": "qa@acme.example"})
+    proof = send_test(tester, "welcome", "qa@acme.example", stored_lead(tester, ADDRESS))  # no email row
+    assert "Zephyrine" in proof.file.read_text(encoding="utf-8")
     before = files_naming_the_lead(stack.settings.home)
     assert any(path.startswith("outbox/") for path in before) and any(path.startswith("nurture.db") for path in before)
 

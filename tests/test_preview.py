@@ -294,3 +294,17 @@ async def test_the_cli_exits_1_when_a_step_fails_and_refuses_a_subject_that_cann
                         r"'dict object' has no attribute 'nope'", failed.stderr.strip()), failed.stderr
     assert (refused.returncode, refused.stdout) == (1, "")
     assert refused.stderr.strip() == f"{unknown}:{line}: steps.2.subject.1: subject template: 'unknown_var' is undefined"
+
+
+async def test_render_puts_each_sent_emails_text_in_the_timeline(tmp_path: Path) -> None:
+    import asyncio
+
+    jane = write(tmp_path / "jane.json", json.dumps(JANE))
+    result = await asyncio.to_thread(nurture, "campaign", "test", str(SAMPLE), "--lead", str(jane), "--render", "--json",
+                                     env=cli_env(tmp_path / "home"), cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    sent = [e for e in json.loads(result.stdout) if e["kind"] == "email" and e["detail"].get("status") == "sent"]
+    assert len(sent) >= 3 and all("Unsubscribe: http://127.0.0.1:8000/u/" in e["text"] for e in sent)
+    welcome = next(e for e in sent if e["detail"]["step"] == "welcome")
+    assert welcome["text"].startswith("Hi Jane,")  # Jane has no locale: the English text

@@ -353,3 +353,29 @@ async def test_valid_bodies_reach_the_store_or_temporal(http):
     assert unmatched.status_code == 200 and unmatched.json()["unknown_emails"] == [nobody], unmatched.text
     known = await http.post("/v1/events", json={"email": KNOWN[0], "type": "page_view", "id": "p-1"}, headers=auth)
     assert known.status_code == 503 and "Temporal" in known.json()["error"], known.text
+
+
+LIST_VALUES = {
+    "stage": st.sampled_from(["lead", "mql", "sql", "opportunity", "Lead", ""]),
+    "grade": st.sampled_from(["A", "b", "F", "Z", ""]),
+    "temperature": st.sampled_from(["cold", "warm", "hot", "HOT"]),
+    "status": st.sampled_from(["subscribed", "unsubscribed", "gone"]),
+    "campaign": st.sampled_from(["b2b-trial", "nope"]),
+    "q": st.sampled_from(["props", "%", "_", "\\", "KNOWN"]),
+    "limit": st.one_of(st.integers(-5, 600).map(str), st.sampled_from(["1e3", "١٢", " 5 ", ""])),
+    "cursor": st.sampled_from(["", "YWZ0ZXI6MQ", "YWZ0ZXI6OTk5OTk5OTk5OTk5OTk5OTk5OTk5", "==", "after:1"]),
+    "segment": st.just("hot-fr"), "colour": st.just("red"),
+}
+LIST_QUERY = st.sets(st.sampled_from(sorted(LIST_VALUES)), max_size=4).flatmap(
+    lambda names: st.fixed_dictionaries({name: st.one_of(LIST_VALUES[name], st.text(max_size=40)) for name in names}))
+
+
+@HTTP_BOUNDED
+@given(params=LIST_QUERY)
+async def test_random_lead_list_queries_get_a_page_or_a_400_naming_the_parameter(http, params):
+    response = await http.get("/v1/leads", params=params, headers={"Authorization": "Bearer test-key"})
+    data = answer(response, params)
+    if response.status_code == 200:
+        assert set(data) == {"leads", "next_cursor"} and isinstance(data["leads"], list), data
+    else:
+        assert response.status_code == 400 and data["field"] in params, (params, data)

@@ -10,11 +10,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import inspect
-from sqlmodel import select
+from sqlmodel import col, select
 
 from nurture import crud
 from nurture.db import get_engine, session_scope, upgrade
-from nurture.models import Email, Event, Handoff, History
+from nurture.models import Counter, Email, Event, Handoff, History
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -107,6 +107,23 @@ def test_round_robin_counter_is_atomic_across_threads(db):
     for thread in threads:
         thread.join()
     assert sorted(taken) == list(range(40))
+
+
+def test_a_rate_limit_allows_its_uses_per_window_and_forgets_past_windows(db):
+    minute = datetime(2026, 3, 2, 9, 30, 5, tzinfo=timezone.utc)
+
+    def take(now: datetime) -> bool:
+        with session_scope(db) as session:
+            return crud.take_rate_slot(session=session, name="test-send", limit=3, window_seconds=60, now=now)
+
+    assert [take(minute + timedelta(seconds=i)) for i in range(4)] == [True, True, True, False]
+    assert take(minute + timedelta(minutes=1)) is True  # a new minute, a new allowance
+    with session_scope(db) as session:
+        assert crud.next_counter(session=session, name="other") == 0  # other counters are not touched
+        assert crud.take_rate_slot(session=session, name="test-send", limit=3, window_seconds=60,
+                                   now=minute + timedelta(minutes=1, seconds=30))
+        names = session.exec(select(Counter.name).where(col(Counter.name).startswith("test-send:"))).all()
+    assert len(names) == 1  # the past minute's counter is gone
 
 
 def test_handoff_number_is_unique_per_lead_and_forget_erases_personal_data(db):

@@ -22,6 +22,7 @@ from sqlmodel import select
 from nurture import crud, journey, pages, security
 from nurture.dispatcher import dispatch_once
 from nurture.models import Event
+from tests.test_web import MARKETER, add_user, sign_in
 from tests.test_webhooks import lead_with_welcome, sent_steps, serve, until
 
 DAY = timedelta(days=1)
@@ -218,7 +219,9 @@ async def test_anonymous_visitors_count_at_stage_visitor_until_they_become_leads
         {"anonymous_id": "visitor-3", "type": "page_view", "url": "https://acme.example/"},
     ])
     await stack.add("vic@wayne.example", anonymous_id="visitor-2", source="web_form")
+    add_user(stack, MARKETER, "marketer")
     async with serve(stack) as http:
+        await sign_in(http, MARKETER)
         html = (await http.get("/")).text
     counts = stage_counts(html)
     assert counts["visitor"] == 2 and counts["lead"] == 1  # visitor-2 is a lead now
@@ -236,7 +239,10 @@ async def test_dashboard_shows_the_funnel_escaped(stack):
     with stack.session() as session:
         (welcome,) = crud.emails_of(session=session, key=journey.lead_key(email))
         assert "<b>Hal</b>" in welcome.subject
+    add_user(stack, MARKETER, "marketer")
     async with serve(stack) as http:
+        assert (await http.get("/")).status_code == 303  # signed-in users only
+        await sign_in(http, MARKETER)
         page = await http.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
@@ -252,6 +258,6 @@ async def test_dashboard_shows_the_funnel_escaped(stack):
         heads = re.findall(r"<th( class=\"n\")?>", rows[0])
         for row in rows[1:]:
             assert re.findall(r"<td( class=\"n\")?>", row) == heads, table
-    assert email in html  # an operator page (127.0.0.1 by default)
+    assert email in html
     with stack.session() as session:
         assert session.exec(select(Event)).all() == []  # read-only

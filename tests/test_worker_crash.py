@@ -15,6 +15,7 @@ from nurture import crud, journey
 from nurture.db import session_scope, upgrade
 from nurture.service import LeadIn, Nurture
 from tests.conftest import ROOT, make_settings
+from tests.faults._support import until
 
 LEADS = [f"lead{index}@crash.example" for index in range(6)]
 STEPS = ["welcome", "case-study", "reminder", "end"]  # the sample campaign's no-click path
@@ -55,7 +56,9 @@ async def test_a_killed_worker_loses_nothing_and_sends_nothing_twice(temporal_en
         # every send answers slowly from now on: the kill lands while emails are in flight
         fake_sendgrid.fail_rate(1.0, statuses=(), slow_seconds=1.0)
         moving = asyncio.gather(*(temporal_env.fast_forward(h, timedelta(days=3)) for h in handles))
-        await asyncio.sleep(1.5)
+        # Kill once a second email has reached SendGrid (it is answered a second later):
+        # a fixed sleep raced a slow CI machine that had sent none yet.
+        assert await until(lambda: len(fake_sendgrid.messages) > len(LEADS), 60, every=0.02), "no second email left"
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=10)
         in_flight = len(fake_sendgrid.messages)

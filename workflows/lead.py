@@ -32,6 +32,8 @@ with workflow.unsafe.imports_passed_through():
         LoadScoringEventsInput,
         LoadStartInput,
         PickCampaignInput,
+        PickCampaignResult,
+        StartConfig,
         StoreActivities,
         SyncLeadInput,
     )
@@ -65,6 +67,11 @@ SEND_TIMEOUTS = {"start_to_close_timeout": timedelta(minutes=2), "heartbeat_time
 WEBHOOK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=10), maximum_interval=timedelta(hours=1))
 MAX_STEPS_WITHOUT_WAIT = 200
 FUNNEL_TTL = timedelta(minutes=1)  # validation forbids wait-less loops; this guards old versions
+# A broken configuration file never ends a journey: the workflow runs on the last valid
+# version and waits for a valid one where it has none (commands older runs never emitted).
+FILES_NEVER_END_JOURNEYS = "files-never-end-journeys"
+# A lead waiting for a campaign file to become valid tries again, backing off to hourly.
+ENROLL_RETRY_FIRST, ENROLL_RETRY_MAX = timedelta(minutes=1), timedelta(hours=1)
 
 
 # How an error names each outcome ("cannot mark it won", not "cannot won it").
@@ -86,10 +93,10 @@ class LeadWorkflow:
         self.s: LeadState = inp.state or LeadState(key=inp.key, profile=profile, created_at=workflow.now())
         self.max_history = inp.max_history
         self.sales_sender = inp.sales_sender
-        self.funnel: Funnel | None = None
-        self.funnel_at: datetime | None = None
+        self.funnel: Funnel | None = inp.funnel
+        self.funnel_at: datetime | None = None  # (a carried-over funnel is re-read at first use)
         # (when read, campaigns that enroll on `created`), from the first task's read
-        self.start_campaigns: tuple[datetime, list[Campaign]] | None = None
+        self.start_campaigns: tuple[datetime, StartConfig] | None = None
         self.lock = asyncio.Lock()
         self.ready = inp.state is not None
         self.forgotten = False
@@ -109,6 +116,8 @@ class LeadWorkflow:
             self._spawn(self._sla_watch(self.s.handoff_id))
         for pending in list(self.s.pending_webhooks):
             self._spawn(self._post_webhook(pending))
+        if self.s.pending_enroll:
+            self._spawn(self._retry_auto_enroll())
         while not self.forgotten and not self._continue_now():
             await workflow.wait_condition(
                 lambda: self.s.enrollment is not None or self.forgotten or self._continue_now())
@@ -120,7 +129,7 @@ class LeadWorkflow:
                 return
             await self._sync()
             workflow.continue_as_new(LeadInput(key=self.s.key, state=self.s, max_history=self.max_history,
-                                               sales_sender=self.sales_sender))
+                                               sales_sender=self.sales_sender, funnel=self.funnel))
 
     async def _first_start(self, inp: LeadInput) -> None:
         """Take the profile (and a visitor's earlier events) from the store."""
@@ -194,13 +203,12 @@ class LeadWorkflow:
         if not await self._wait_for_send_slot(enrollment):
             return None
         campaign = enrollment.campaign
-        variant = rules.ab_variant(campaign.name, step.id, self.s.key, len(step.subject)) if step.subject else None
+        email = journey.step_email(campaign, step, self.s.key)
+        variant = email["variant"]
         result = await self._send(SendEmailInput(
             send_id=journey.send_id(self.s.key, campaign.name, enrollment.number, step.id),
-            lead_key=self.s.key, to=self.s.profile.email, template=step.send,
-            profile=self.s.profile.record(), sender=campaign.sender.from_, reply_to=campaign.sender.reply_to,
-            campaign=campaign.name, step=step.id, owner=self.s.owner,
-            subject=step.subject[variant] if variant is not None else None, variant=variant,
+            lead_key=self.s.key, to=self.s.profile.email, profile=self.s.profile.record(), owner=self.s.owner,
+            **email,
         ))
         async with self.lock:
             if result.status == "sent":
@@ -525,16 +533,58 @@ class LeadWorkflow:
         return self._enroll(campaign, switch=switch, trigger="request")
 
     async def _auto_enroll(self, trigger: str) -> None:
-        profile, finished = self.s.profile.record(), list(self.s.finished_campaigns)
         start, self.start_campaigns = self.start_campaigns, None
         if trigger == "created" and start is not None and workflow.now() - start[0] < FUNNEL_TTL:
-            campaign = rules.pick_campaign(start[1], trigger, profile, self.s.stage, finished)
+            config = start[1]
+            picked = PickCampaignResult(rules.pick_campaign(config.campaigns, trigger, self.s.profile.record(),
+                                                            self.s.stage, list(self.s.finished_campaigns)),
+                                        unusable=config.unusable)
         else:
-            campaign = (await workflow.execute_local_activity_method(
-                StoreActivities.pick_campaign, PickCampaignInput(trigger, profile, self.s.stage, finished),
-                start_to_close_timeout=LOCAL)).campaign
-        if campaign is not None:
-            self._enroll(campaign, switch=False, trigger=f"auto_on {trigger}")
+            picked = await self._pick_campaign(trigger)
+        if picked.campaign is not None:
+            self._enroll(picked.campaign, switch=False, trigger=f"auto_on {trigger}")
+        elif picked.unusable and workflow.patched(FILES_NEVER_END_JOURNEYS):
+            # A campaign file that cannot be read might have taken this lead: keep the
+            # enrollment pending (in the state, so it survives continue-as-new) until it can.
+            retrying = self.s.pending_enroll is not None
+            self.s.pending_enroll = trigger
+            journey.note(self.s, workflow.now(), "note",
+                         f"automatic enrollment ({trigger}) waits: {', '.join(picked.unusable)} invalid",
+                         detail={"files": picked.unusable})
+            if not retrying:
+                self._spawn(self._retry_auto_enroll())
+
+    async def _pick_campaign(self, trigger: str) -> PickCampaignResult:
+        return await workflow.execute_local_activity_method(
+            StoreActivities.pick_campaign,
+            PickCampaignInput(trigger, self.s.profile.record(), self.s.stage, list(self.s.finished_campaigns)),
+            start_to_close_timeout=LOCAL)
+
+    async def _retry_auto_enroll(self) -> None:
+        """Try a pending automatic enrollment again, backing off, until a campaign takes the
+        lead, the campaign files are all readable, or the lead is enrolled another way."""
+        delay = ENROLL_RETRY_FIRST
+        while True:
+            try:
+                await workflow.wait_condition(lambda: self.s.enrollment is not None or self.forgotten, timeout=delay)
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 2, ENROLL_RETRY_MAX)
+            async with self.lock:
+                trigger = self.s.pending_enroll
+                if trigger is None or self.forgotten:
+                    return
+                picked = PickCampaignResult() if self.s.enrollment else await self._pick_campaign(trigger)
+                if picked.campaign is not None:
+                    self._enroll(picked.campaign, switch=False, trigger=f"auto_on {trigger}, once the files were valid")
+                elif picked.unusable:
+                    continue
+                self.s.pending_enroll = None
+                journey.touch(self.s)
+                if self.s.enrollment is None:
+                    journey.note(self.s, workflow.now(), "note",
+                                 f"automatic enrollment ({trigger}): the files are valid, no campaign takes this lead")
+                return
 
     def _enroll(self, campaign: Campaign, *, switch: bool, trigger: str) -> str | None:
         refusal = journey.enroll_refusal(self.s, self._funnel(), campaign, switch=switch)
@@ -696,16 +746,34 @@ class LeadWorkflow:
         funnel.yaml applies to events from a minute after it."""
         now = workflow.now()
         if self.funnel is None or self.funnel_at is None or now - self.funnel_at >= FUNNEL_TTL:
-            self.funnel = await workflow.execute_local_activity_method(
-                StoreActivities.load_funnel, LoadFunnelInput(), start_to_close_timeout=LOCAL)
+            self.funnel = await self._read_funnel()
             self.funnel_at = now
         return self.funnel
 
+    async def _read_funnel(self) -> Funnel:
+        """The funnel file, or its last valid version. When it is broken and the worker has
+        none, the copy in hand goes on; a lead that has none waits until the file is valid."""
+        while True:
+            try:
+                return await workflow.execute_local_activity_method(
+                    StoreActivities.load_funnel, LoadFunnelInput(), start_to_close_timeout=LOCAL)
+            except (ActivityError, ApplicationError):  # a local activity's failure may come bare
+                if not workflow.patched(FILES_NEVER_END_JOURNEYS):
+                    raise
+                if self.funnel is not None:
+                    return self.funnel
+                await workflow.sleep(FUNNEL_TTL)
+
     async def _load_start(self) -> Funnel:
-        config = await workflow.execute_local_activity_method(
-            StoreActivities.load_start, LoadStartInput("created"), start_to_close_timeout=LOCAL)
+        try:
+            config = await workflow.execute_local_activity_method(
+                StoreActivities.load_start, LoadStartInput("created"), start_to_close_timeout=LOCAL)
+        except (ActivityError, ApplicationError):
+            if not workflow.patched(FILES_NEVER_END_JOURNEYS):
+                raise
+            return await self._load_funnel()  # no valid funnel: wait for one, then pick as usual
         self.funnel, self.funnel_at = config.funnel, workflow.now()
-        self.start_campaigns = (workflow.now(), config.campaigns)
+        self.start_campaigns = (workflow.now(), config)
         return config.funnel
 
     def _funnel(self) -> Funnel:

@@ -150,6 +150,7 @@ class WorkerProcess:
             "NURTURE_TEMPLATES_DIR": str(s.templates_dir),
             "NURTURE_SECRET": s.secret or "",
             "NURTURE_SENDGRID_TIMEOUT": str(self.sendgrid_timeout),
+            "NURTURE_UPDATE_TIMEOUT": str(s.update_timeout),
         }
         if s.sendgrid_api_key:
             values["SENDGRID_API_KEY"] = s.sendgrid_api_key

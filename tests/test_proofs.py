@@ -1,0 +1,125 @@
+"""`nurture email preview` and `nurture email test-send` (contract section 10): a preview
+is what SendGrid receives; a proof reaches SendGrid marked [TEST] and touches no lead."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from nurture import crud, journey
+from nurture.proofs import TEST_SENDS_PER_MINUTE, preview, sample_lead, send_test, stored_lead
+from tests.test_cli import cli, one_error_line  # noqa: F401 - the `cli` fixture
+
+TESTER = "qa@acme.example"
+
+
+def content(message: dict, kind: str) -> str:
+    return next(part["value"] for part in message["content"] if part["type"] == kind)
+
+
+async def test_a_preview_is_byte_for_byte_what_sendgrid_receives(sendgrid_stack):
+    stack, fake = sendgrid_stack, sendgrid_stack.extras["sendgrid"]
+    address = "ann@globex.example"
+    await stack.add(address, first_name="Ann", company="Globex", source="web_form", locale="fr-FR")
+    await stack.until(address, lambda lead: lead["step"] == "wait-click")
+
+    sent = fake.sent_to(address)
+    assert [m["custom_args"]["step"] for m in sent] == ["welcome", "case-study"]
+    lead = stored_lead(stack.settings, address)
+    for message in sent:
+        step = message["custom_args"]["step"]
+        template = {"welcome": "welcome", "case-study": "case_study"}[step]
+        shown = preview(stack.settings, template, lead, campaign="b2b-trial", step=step).email
+        assert shown.subject == message["subject"]
+        assert shown.text == content(message, "text/plain")
+        assert shown.html == content(message, "text/html")
+        assert shown.locale_used == "fr"
+    assert "Acme Inc. · 100 Market Street" in content(sent[0], "text/plain")  # funnel.yaml's sender.address
+
+
+async def test_a_test_send_reaches_sendgrid_marked_test_and_changes_no_lead(sendgrid_stack):
+    stack, fake = sendgrid_stack, sendgrid_stack.extras["sendgrid"]
+    address = "bea@initech.example"
+    await stack.add(address, first_name="Bea", source="web_form")
+    await stack.until(address, lambda lead: lead["step"] != "welcome")
+    before = stack.show(address)
+    with stack.session() as session:
+        rows_before = len(crud.list_outbox(session=session))
+    settings = stack.settings.model_copy(update={"test_recipients": f"someone@else.example, {TESTER}"})
+
+    sent = send_test(settings, "case_study", TESTER, stored_lead(settings, address), campaign="b2b-trial")
+
+    (proof,) = fake.sent_to(TESTER)
+    real = preview(settings, "case_study", stored_lead(settings, address), campaign="b2b-trial").email
+    assert proof["subject"] == sent.subject == f"[TEST] {real.subject}"
+    assert proof["custom_args"] == {"send_id": proof["custom_args"]["send_id"], "kind": "test"}  # no lead, no campaign
+    assert "categories" not in proof and "List-Unsubscribe" not in (proof.get("headers") or {})
+    assert journey.lead_key(address) not in content(proof, "text/plain")  # its links unsubscribe nobody
+    assert stack.show(address) == before
+    with stack.session() as session:
+        assert len(crud.list_outbox(session=session)) == rows_before
+        assert all(row.to != TESTER for row in crud.list_outbox(session=session))
+
+
+async def test_preview_cli_prints_the_text_writes_the_html_and_json(cli, stack, tmp_path):
+    html = tmp_path / "welcome.html"
+    shown = await cli("email", "preview", "welcome", "--html", str(html))
+    assert shown.returncode == 0, shown.stderr
+    assert "Subject: Jane, welcome to Acme" in shown.stdout and "Unsubscribe: http" in shown.stdout
+    assert "Acme Inc. · 100 Market Street" in html.read_text(encoding="utf-8")
+    lead = tmp_path / "lead.json"
+    lead.write_text(json.dumps({"email": "luc@globex.example", "first_name": "Luc", "locale": "fr-FR"}))
+    data = json.loads((await cli("email", "preview", "case_study", "--lead", str(lead), "--json")).stdout)
+    assert data["locale"] == "fr" and data["campaign"] == "b2b-trial" and data["step"] == "case-study"
+    assert data["to"] == "luc@globex.example" and data["text"].startswith("Bonjour Luc")
+
+
+async def test_email_commands_refuse_bad_input_in_one_line(cli, stack):
+    allowed = {"NURTURE_TEST_RECIPIENTS": TESTER}
+    cases = [
+        (("email", "preview", "no_such_email"), "unknown email template 'no_such_email'"),
+        (("email", "preview", "welcome", "--email", "nobody@globex.example"), "unknown lead nobody@globex.example"),
+        (("email", "preview", "welcome", "--campaign", "b2b-trial", "--step", "case-study"),
+         "step case-study of campaign b2b-trial sends 'case_study', not 'welcome'"),
+        (("email", "test-send", "welcome", "--to", "stranger@gmail.example"),
+         "stranger@gmail.example may not receive test sends"),
+        (("email", "test-send", "no_such_email", "--to", TESTER), "unknown email template 'no_such_email'"),
+        (("email", "test-send", "welcome", "--to", TESTER, "--email", "nobody@globex.example"),
+         "unknown lead nobody@globex.example"),
+        (("email", "preview", "welcome", "--campaign", "no-such-campaign"), "unknown campaign 'no-such-campaign'"),
+        (("email", "preview", "case_study_reminder"), "'case_study_reminder' is sent by b2b-trial step reminder, "
+                                                      "recycled-nurture step last-word: say which with --campaign"),
+    ]
+    for args, message in cases:
+        result = await cli(*args, extra_env=allowed)
+        assert result.returncode == 1, (args, result.stdout)
+        assert message in one_error_line(result), args
+    assert not stack.settings.outbox_dir.exists() or not list(stack.settings.outbox_dir.iterdir())
+
+
+async def test_test_sends_are_rate_limited_across_processes(cli, stack):
+    settings = stack.settings.model_copy(update={"test_recipients": TESTER})
+    left = 60 - time.time() % 60
+    if left < 20:  # the limit counts per clock minute: start this test within one
+        time.sleep(left + 0.5)
+    for _ in range(TEST_SENDS_PER_MINUTE):
+        assert send_test(settings, "welcome", TESTER, sample_lead()).file.exists()
+
+    refused = await cli("email", "test-send", "welcome", "--to", TESTER, extra_env={"NURTURE_TEST_RECIPIENTS": TESTER})
+
+    assert refused.returncode == 1
+    assert f"limited to {TEST_SENDS_PER_MINUTE} a minute" in one_error_line(refused)
+    assert len(list(settings.outbox_dir.glob("test-*.eml"))) == TEST_SENDS_PER_MINUTE
+
+
+async def test_a_test_send_in_outbox_mode_is_listed_by_outbox_as_a_test(cli, stack):
+    sent = await cli("email", "test-send", "welcome", "--to", TESTER, extra_env={"NURTURE_TEST_RECIPIENTS": TESTER})
+    assert sent.returncode == 0, sent.stderr
+    assert f"test send to {TESTER}: \"[TEST] Jane, welcome to Acme" in sent.stdout
+
+    (row,) = json.loads((await cli("outbox", "--json")).stdout)
+
+    assert row["test"] is True and row["to"] == TESTER and row["subject"].startswith("[TEST] Jane, welcome")
+    assert row["campaign"] is None and row["step"] is None and row["sent_at"].endswith("Z")
+    with stack.session() as session:
+        assert crud.list_outbox(session=session) == []  # no email row
