@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -25,6 +24,7 @@ from nurture import when
 from nurture.wording import plural
 from nurture.config import Settings, settings as load_settings
 from nurture.temporal import CORE_LOGGER
+from nurture.terminal import SafeConsole, json_safe, strip_controls
 
 # Plain help (rich_markup_mode=None): Typer's rich panels print `<bool>` beside every flag.
 app = typer.Typer(help="nurture: lead nurturing journeys on Temporal.", no_args_is_help=True,
@@ -46,8 +46,8 @@ email_app = typer.Typer(help="Preview an email for a lead, or send yourself a pr
 app.add_typer(email_app, name="email")
 app.add_typer(user_app, name="user")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = SafeConsole(highlight=False)
+err = SafeConsole(stderr=True, highlight=False)
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
 EmailArg = typer.Argument(..., metavar="EMAIL", help="The lead's email address.")
 HandoffArg = typer.Argument(..., metavar="ID", help="The handoff's id (see `nurture handoff list`).")
@@ -150,7 +150,7 @@ def upgrade_quietly(settings: Settings, upgrade: Callable[[str], None]) -> None:
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.write(json_safe(json.dumps(value, indent=2, default=str, ensure_ascii=False)) + "\n")
 
 
 def parse_at(value: str | None) -> datetime | None:
@@ -839,7 +839,7 @@ def email_preview(
         print_json(shown.as_json())
         return
     if text_only:
-        sys.stdout.write(shown.email.text)
+        sys.stdout.write(strip_controls(shown.email.text))
         return
     data = shown.as_json()
     for label, key in (("From", "from"), ("Reply-To", "reply_to"), ("To", "to"), ("Subject", "subject")):
@@ -853,7 +853,8 @@ def email_preview(
                    + (f", written to {html})" if html else ", --html FILE writes it)")), soft_wrap=True)
     out.print()
     sys.stdout.flush()
-    sys.stdout.write(shown.email.text if shown.email.text.endswith("\n") else shown.email.text + "\n")
+    text = strip_controls(shown.email.text)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
 @email_app.command("test-send")

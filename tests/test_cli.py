@@ -261,3 +261,23 @@ def _stored_leads(path: Path) -> int:
             return db.execute("select count(*) from lead").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+async def test_terminal_escapes_in_lead_fields_are_never_printed_raw(cli, tmp_path):
+    """Issue 17.8: a CSV row can carry ESC sequences (retitle the window, clear the screen,
+    hide lines); the CLI prints the text without them, and JSON escapes them."""
+    company = "\x1b]0;pwned\x07Acme\x1b[2J\x9b1A Corp"
+    path = tmp_path / "leads.csv"
+    path.write_text(f"email,first_name,company\nesc@globex.example,Eve\x7f\x08,{company}\n", encoding="utf-8")
+    imported = await cli("import", str(path))
+    assert imported.returncode == 0, imported.stderr
+
+    for args in (("lead", "show", "esc@globex.example"), ("lead", "list"), ("lead", "show", "esc@globex.example", "--json")):
+        shown = await cli(*args)
+        assert shown.returncode == 0, shown.stderr
+        raw = [char for char in shown.stdout if ord(char) < 32 and char not in "\n\t" or 0x7f <= ord(char) <= 0x9f]
+        assert raw == [], (args, raw)
+        if "--json" in args:
+            assert json.loads(shown.stdout)["company"] == company  # the data is kept as typed
+        elif args[1] == "show":
+            assert "]0;pwnedAcme[2J1A Corp" in shown.stdout
