@@ -412,9 +412,24 @@ async def main() -> None:
     parser.add_argument("--cli-runs", type=int, default=10, help="runs of each read command in the CLI phase")
     parser.add_argument("--cli-leads", type=int, default=200,
                         help="leads in the CLI phase's store (one outbox email each, a handoff per tenth)")
+    parser.add_argument("--web", action="store_true",
+                        help="only the web phase: p95 server time of /, a campaign page and the stats JSON "
+                             "with 10,000 leads and 50,000 emails, on SQLite and PostgreSQL (--postgres)")
+    parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+                        help="PostgreSQL server for the web phase (a scratch database is made there); '' skips it")
     options = parser.parse_args()
     if options.cli:
         sys.stdout.write(json.dumps(cli_phase(options.cli_runs, options.cli_leads), indent=2) + "\n")
+        return
+    if options.web:
+        from bench.web import web_phase
+
+        home = Path(tempfile.mkdtemp(prefix="nurture-bench-web-"))
+        try:
+            figures = await web_phase(home, options.postgres or None)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+        sys.stdout.write(json.dumps(figures, indent=2) + "\n")
         return
     sizes = QUICK if options.quick else FULL
     home = Path(tempfile.mkdtemp(prefix="nurture-bench-"))

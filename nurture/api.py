@@ -6,7 +6,7 @@ Bad input always gets a 4xx JSON error naming the field, never a 500.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nurture import journey, leadfields, pages, security, web, webhooks
+from nurture import journey, leadfields, pages, security, stats, web, webhooks
+from nurture.campaign import CampaignError, UnknownCampaignError
 from nurture.config import Settings
 from nurture.leads import FilterError, lead_filters, list_page
 from nurture.service import Conflict, InvalidField, LeadIn, NotFound, Nurture, UserError
@@ -139,6 +140,17 @@ class ReasonBody(_Body):
 # ---------------------------------------------------------------- dependencies
 
 
+def parse_since(text: str | None) -> datetime | None:
+    """`?since=` as an aware time (UTC when it names no zone)."""
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise ApiError(422, f"expected an ISO 8601 time like 2026-12-01T00:00:00Z, got '{text[:50]}'", "since") from error
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
 def get_nurture(request: Request) -> Nurture:
     return request.app.state.nurture
 
@@ -248,8 +260,27 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
         """The deal is lost: recycled into nurture."""
         return (await nurture.handoff_action(handoff_id, "lost", body.reason)).lead
 
+    @app.get("/v1/campaigns", dependencies=[Auth])
+    def list_campaigns(request: Request, since: str | None = None) -> dict[str, Any]:
+        """The campaigns with their status, version and totals."""
+        settings = request.app.state.settings
+        try:
+            return {"campaigns": stats.overview_of(settings, parse_since(since))}
+        except CampaignError as error:
+            raise ApiError(409, f"{str(error).splitlines()[0]} (run `nurture campaign validate`)", "campaigns") from error
+
+    @app.get("/v1/campaigns/{name}/stats", dependencies=[Auth])
+    def campaign_stats(name: str, request: Request, since: str | None = None) -> dict[str, Any]:
+        """The numbers of the campaign pages (contract section 7)."""
+        try:
+            return stats.stats_of(request.app.state.settings, name, parse_since(since))[1]
+        except UnknownCampaignError as error:
+            raise ApiError(404, str(error), "name") from error
+        except CampaignError as error:
+            raise ApiError(409, str(error).splitlines()[0], "name") from error
+
     app.include_router(webhooks.router)  # POST /webhooks/sendgrid
-    app.include_router(pages.router)  # /u/{token} unsubscribe and preferences, / dashboard
+    app.include_router(pages.router)  # /u/{token} unsubscribe and preferences
     return app
 
 
@@ -342,7 +373,7 @@ def _install_body_limit(app: FastAPI) -> None:
 def _install_host_check(app: FastAPI, allowed: frozenset[str]) -> None:
     """400 for a Host header naming none of our hosts (NURTURE_ALLOWED_HOSTS): through DNS
     rebinding, a page of another site whose name resolves to 127.0.0.1 would otherwise
-    read the dashboard and the API from the user's own browser."""
+    read the web app and the API from the user's own browser."""
 
     @app.middleware("http")
     async def host(request: Request, call_next: Any) -> Any:

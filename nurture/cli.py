@@ -153,19 +153,19 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json_safe(json.dumps(value, indent=2, default=str, ensure_ascii=False)) + "\n")
 
 
-def parse_at(value: str | None) -> datetime | None:
+def parse_at(value: str | None, option: str = "--at") -> datetime | None:
     if value is None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        fail(f"--at: '{value}' is not an ISO 8601 time (e.g. 2026-11-23T09:30:00Z)")
+        fail(f"{option}: '{value}' is not an ISO 8601 time (e.g. 2026-11-23T09:30:00Z)")
     if parsed.tzinfo is None:
-        fail(f"--at: '{value}' has no time zone; add Z or +01:00")
+        fail(f"{option}: '{value}' has no time zone; add Z or +01:00")
     from nurture.leadfields import FieldError, check_time
 
     try:
-        return check_time("--at", parsed)
+        return check_time(option, parsed)
     except FieldError as error:
         fail(str(error))
 
@@ -275,6 +275,66 @@ def print_campaigns(rows: list[dict[str, Any]]) -> None:
         table.add_row(row["name"], str(row["steps"]), ", ".join(row["auto_on"]) or "-", row["version"],
                       row["file"], row["description"])
     out.print(table)
+
+
+@campaign_app.command("show")
+def campaign_show(
+    name: str = typer.Argument(..., metavar="NAME", help="The campaign's name (see `nurture campaign list`)."),
+    since: Optional[str] = typer.Option(None, "--since", help="Count only from this ISO 8601 time on."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """A campaign's status, versions and stats: the numbers of its web page."""
+    from nurture import stats
+    from nurture.campaign import CampaignError
+    from nurture.db import upgrade
+
+    settings = cfg()
+    upgrade_quietly(settings, upgrade)
+    try:
+        _, document = stats.stats_of(settings, name, parse_at(since, "--since"))
+    except CampaignError as error:
+        fail(str(error).splitlines()[0])
+    if as_json:
+        print_json(document)
+        return
+    print_campaign_stats(document)
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def print_campaign_stats(doc: dict[str, Any]) -> None:
+    exited = ", ".join(f"{reason} {count}" for reason, count in doc["exited"].items()) or "none"
+    out.print(f"{doc['campaign']}: {doc['status']}, version {doc['version']}"
+              + (f", since {doc['since']}" if doc["since"] else ""), markup=False)
+    out.print(f"enrolled {doc['enrolled']}, in it now {doc['active']}, completed {doc['completed']}; "
+              f"exited: {exited}", markup=False)
+    out.print("conversions: " + ", ".join(f"{stage} {count} ({percent(doc['conversion_rates'][stage])})"
+                                          for stage, count in doc["conversions"].items()), markup=False)
+    versions = table_of("version", "enrolled", "first enrolled", "last enrolled", numeric=("enrolled",), title="versions")
+    for version in doc["versions"]:
+        versions.add_row(version["version"], str(version["enrolled"]), version["first_enrolled_at"], version["last_enrolled_at"])
+    out.print(versions)
+    counts = ("reached", "waiting", "sent", "delivered", "unique_opens", "unique_clicks", "bounced", "unsubscribed")
+    steps = table_of("step", "kind", *counts, numeric=counts, title="steps")
+    for step in doc["steps"]:
+        steps.add_row(step["id"], step["kind"], *(str(step[name]) if name in step else "" for name in counts))
+    out.print(steps)
+    for step in doc["steps"]:
+        if len(step.get("variants", [])) < 2:
+            continue
+        ab = table_of("subject", "sent", "unique_opens", "open rate", "unique_clicks", "click rate",
+                      numeric=("sent", "unique_opens", "open rate", "unique_clicks", "click rate"), title=f"A/B: {step['id']}")
+        for variant in step["variants"]:
+            ab.add_row(Text(variant["subject"]), str(variant["sent"]), str(variant["unique_opens"]),
+                       percent(variant["open_rate"]), str(variant["unique_clicks"]), percent(variant["click_rate"]))
+        out.print(ab)
+        for metric, test in step["significance"].items():
+            verdict = "no test yet" if test["p_value"] is None else (
+                f"p = {test['p_value']}: " + ("significant" if test["significant"] else "not significant")
+                + f" at {test['confidence']:.0%}")
+            out.print(f"  {metric}: {verdict}", markup=False)
 
 
 @campaign_app.command("test")

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     temporal_ui_port: int = 8233
     # Host header values the HTTP server answers besides loopback and the host of
     # NURTURE_PUBLIC_URL (comma-separated, any port; `*`: any). Anything else gets 400, so
-    # a page of another site cannot read the dashboard through DNS rebinding (loopback
+    # a page of another site cannot read the web app through DNS rebinding (loopback
     # names are safe: a rebinding page's requests carry its own name).
     allowed_hosts: str | None = None
     # Who `nurture email test-send` may mail (comma-separated), so proofs never reach strangers.

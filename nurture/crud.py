@@ -11,14 +11,17 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, literal, or_, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, or_, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from nurture import security
 from nurture.leadfields import check_attributes
 from nurture.models import (
-    Counter, Email, Event, Handoff, History, Lead, LeadStart, SignInFailure, Suppression, User, utcnow,
+    CampaignEnrollment, Counter, Email, Event, Handoff, History, Lead, LeadStart, SignInFailure, StepVisit,
+    Suppression, User, utcnow,
 )
 from nurture.vocabulary import suppressing_status
 
@@ -160,6 +163,34 @@ def add_history(*, session: Session, key: str, entries: Iterable[dict[str, Any]]
     rows = [{**entry, "lead_key": key} for entry in entries if entry["seq"] not in known]
     if rows:
         connection.execute(insert(history), rows)
+        _record_journeys(session=session, key=key, rows=rows)
+
+
+def _insert_once(session: Session, model: Any, **values: Any) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING on the primary key, in either dialect."""
+    dialect = session.get_bind().dialect.name
+    insert_ = sqlite_insert if dialect == "sqlite" else postgresql_insert
+    session.connection().execute(insert_(model.__table__).values(**values).on_conflict_do_nothing())
+
+
+def _record_journeys(*, session: Session, key: str, rows: list[dict[str, Any]]) -> None:
+    """Keep the enrollment and step-visit tables (the campaign stats) in step with the
+    history lines the workflow marks `journey` (enrolled, step, left), in its order."""
+    for row in rows:
+        detail = row.get("detail") or {}
+        what, number = detail.get("journey"), detail.get("enrollment")
+        if what is None or number is None:
+            continue
+        if what == "enrolled":
+            _insert_once(session, CampaignEnrollment, lead_key=key, number=number, campaign=detail["campaign"],
+                         version=detail.get("version", ""), enrolled_at=row["at"])
+        elif what == "step":  # a step entered again (a goto loop) keeps its first visit
+            _insert_once(session, StepVisit, lead_key=key, number=number, step=detail["step"],
+                         campaign=detail["campaign"], at=row["at"])
+        elif what == "left":
+            session.execute(update(CampaignEnrollment)
+                            .where(col(CampaignEnrollment.lead_key) == key, col(CampaignEnrollment.number) == number)
+                            .values(ended_at=row["at"], exit_reason=str(detail.get("exit", ""))[:500]))
 
 
 def list_history(*, session: Session, key: str) -> Sequence[History]:
@@ -191,6 +222,10 @@ def forget_lead(*, session: Session, lead: Lead, email_hash: str) -> list[str]:
     lead.status = "unsubscribed"
     lead.campaign = lead.step = lead.waiting_for = None
     session.add(lead)
+    # Its workflow ends without a `left` line: the journey it was on ends here.
+    session.execute(update(CampaignEnrollment).where(col(CampaignEnrollment.lead_key) == lead.key,
+                                                     col(CampaignEnrollment.ended_at).is_(None))
+                    .values(ended_at=utcnow(), exit_reason="forgotten"))
     sends = list(session.exec(select(Email.send_id).where(Email.lead_key == lead.key)).all())
     session.execute(update(Email).where(col(Email.lead_key) == lead.key).values(to=None, subject="", error=None))
     session.execute(update(Event).where(col(Event.lead_key) == lead.key).values(email=None, data={}))
@@ -442,6 +477,30 @@ def held_emails(*, session: Session, holds: Sequence[str], limit: int = 100) -> 
     return session.exec(select(Lead).where(col(Lead.waiting_for).in_(list(holds)), col(Lead.campaign).is_not(None),
                                            col(Lead.email).is_not(None))
                         .order_by(col(Lead.next_action_at), col(Lead.id)).limit(limit)).all()
+
+
+def note_engagement(*, session: Session, firsts: dict[tuple[str, str], datetime]) -> None:
+    """Record the first time of each (send id, engagement column), e.g. ("s1", "opened_at"):
+    an earlier time replaces a later one, so batches may arrive in any order."""
+    email = Email.__table__
+    by_column: dict[str, list[dict[str, Any]]] = {}
+    for (send_id, column), at in sorted(firsts.items()):
+        by_column.setdefault(column, []).append({"b_send_id": send_id, "b_at": at})
+    for column, params in by_column.items():  # one executemany per column
+        current = email.c[column]
+        session.connection().execute(
+            update(email).where(email.c.send_id == bindparam("b_send_id"),
+                                or_(current.is_(None), current > bindparam("b_at", type_=current.type)))
+            .values({column: bindparam("b_at", type_=current.type)}), params)
+
+
+def note_link_unsubscribe(*, session: Session, key: str, at: datetime) -> None:
+    """An unsubscribe through the link counts against the lead's latest marketing email."""
+    latest = session.exec(select(Email.send_id).where(Email.lead_key == key, col(Email.marketing).is_(True),
+                                                      col(Email.sent_at).is_not(None))
+                          .order_by(col(Email.sent_at).desc()).limit(1)).first()
+    if latest is not None:
+        note_engagement(session=session, firsts={(latest, "unsubscribed_at"): at})
 
 
 def list_outbox(*, session: Session, limit: int = 1000) -> Sequence[Email]:

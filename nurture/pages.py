@@ -1,4 +1,4 @@
-"""Server-rendered pages: unsubscribe (RFC 8058), preferences, and the dashboard `/`.
+"""Server-rendered pages for leads: unsubscribe (RFC 8058) and preferences.
 
 `/u/{token}`: the token (nurture.security) names the lead and cannot be forged or
 edited; a bad one gets a 404 page and changes nothing. A GET never changes anything
@@ -13,9 +13,8 @@ way. The preferences view (`?view=preferences`) shows the status and lets a lead
 unsubscribed opt in again explicitly; that never undoes a bounce, a spam complaint
 or an erasure.
 
-Every page is Jinja2 with autoescaping. The dashboard is read-only and needs a signed-in
-user (nurture.web.auth guards every page but the public ones); it renders through the
-web app's layout.
+Every page is Jinja2 with autoescaping. The web app itself (sign-in, campaigns at `/`,
+leads, handoffs) is in `nurture.web`; these public pages stand alone.
 """
 
 from __future__ import annotations
@@ -27,20 +26,19 @@ from email.utils import parseaddr
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse
 from jinja2 import DictLoader, Environment, select_autoescape
-from sqlalchemy import func, update
+from sqlalchemy import update
 from sqlmodel import col, select
 
-from nurture import crud, security, when
+from nurture import crud, security
 from nurture.campaign import find_campaign, load_campaigns
 from nurture.config import Settings
 from nurture.db import session_scope
 from nurture.journey import LeadEvent
-from nurture.models import Email, Event, Handoff, Lead, as_utc, utcnow
+from nurture.models import Email, Event, Lead, utcnow
 from nurture.service import Nurture
-from nurture.web import render
-from nurture.web.auth import current_user, form_fields
+from nurture.web.auth import form_fields
 from nurture.wording import plural
 from workflows.lead import EventsInput, LeadWorkflow, ResubscribeInput
 
@@ -215,6 +213,7 @@ def _store_unsubscribe(settings: Settings, key: str) -> LeadEvent | None:
         event = LeadEvent(id=f"unsub:{key}:{number}", type="email_unsubscribe", at=utcnow())
         crud.add_event(session=session, event=Event(id=event.id, lead_key=key, email=lead.email,
                                                     type=event.type, at=event.at, data={"via": "unsubscribe link"}))
+        crud.note_link_unsubscribe(session=session, key=key, at=event.at)
         return event
 
 
@@ -286,61 +285,3 @@ def _record_consent(settings: Settings, key: str, consent_at: datetime) -> None:
     with session_scope(settings.db_url) as session:
         session.execute(update(Lead).where(col(Lead.key) == key)
                         .values(consent_at=consent_at, status="subscribed", updated_at=utcnow()))
-
-
-# ---------------------------------------------------------------- dashboard
-
-
-STEP_COLUMNS = ("emails", "sent", "delivered", "opened", "clicked", "bounced", "spamreport", "failed", "unknown")
-# Email row status -> the columns it counts in (each column: got at least that far).
-_REACHED = {
-    "sent": ("sent",), "delivered": ("sent", "delivered"), "opened": ("sent", "delivered", "opened"),
-    "clicked": ("sent", "delivered", "opened", "clicked"), "bounced": ("sent", "bounced"),
-    "dropped": ("bounced",), "spamreport": ("sent", "delivered", "spamreport"),
-    "failed": ("failed",), "unknown": ("unknown",),
-}
-
-
-@router.get("/")
-def dashboard(request: Request) -> Response:
-    """Counts per stage and status, open handoffs, sends per campaign and step, last emails
-    (signed-in users; sales reps, who see only their own leads, go to their inbox)."""
-    if current_user(request).role == "sales":
-        return RedirectResponse("/handoffs", status_code=303)
-    settings: Settings = request.app.state.settings
-    with session_scope(settings.db_url) as session:
-        stages = dict(session.exec(select(Lead.stage, func.count()).group_by(Lead.stage)).all())
-        visitors = crud.count_visitors(session=session)
-        statuses = dict(session.exec(select(Lead.status, func.count()).group_by(Lead.status)).all())
-        handoffs = crud.list_handoffs(session=session, status="open")
-        per_step = session.exec(
-            select(Email.campaign, Email.step, Email.status, func.count())
-            .where(col(Email.marketing).is_(True)).group_by(col(Email.campaign), col(Email.step), col(Email.status))).all()
-        last = session.exec(select(Email).order_by(col(Email.claimed_at).desc()).limit(20)).all()
-    steps: dict[tuple[str, str], dict[str, Any]] = {}
-    for campaign, step, status, count in per_step:
-        row = steps.setdefault((campaign or "-", step or "-"),
-                               {"campaign": campaign or "-", "step": step or "-", **dict.fromkeys(STEP_COLUMNS, 0)})
-        row["emails"] += count
-        for column in _REACHED.get(status, ()):
-            row[column] += count
-    order = ["visitor", "lead", "mql", "sql", "opportunity", "customer", "recycled", "disqualified"]
-    return render.page(
-        request, "dashboard.html", title="Dashboard", now=when.labelled(utcnow()),
-        leads=sum(stages.values()), visitors=visitors,
-        stages=[(s, stages.get(s, 0) + (visitors if s == "visitor" else 0)) for s in order]
-        + [(s, n) for s, n in stages.items() if s not in order],
-        statuses=[(s, statuses.get(s, 0)) for s in ("subscribed", "unsubscribed", "bounced", "complained")]
-        + [(s, n) for s, n in statuses.items() if s not in ("subscribed", "unsubscribed", "bounced", "complained")],
-        handoffs=[_handoff_row(h) for h in handoffs],
-        step_columns=STEP_COLUMNS, steps=[steps[k] for k in sorted(steps)],
-        emails=[{"at": when.labelled(as_utc(e.sent_at or e.claimed_at)),
-                 "to": e.to, "campaign": e.campaign, "step": e.step, "subject": e.subject, "status": e.status}
-                for e in last],
-    )
-
-
-def _handoff_row(handoff: Handoff) -> dict[str, Any]:
-    since = when.labelled(as_utc(handoff.created_at))
-    return {"id": handoff.id, "email": handoff.email, "owner": handoff.owner, "score": handoff.score,
-            "grade": handoff.grade, "since": since}

@@ -170,7 +170,7 @@ async def run_up(settings: Settings, console: Console) -> None:
         sock.close()
         raise
     console.print("[bold green]nurture is up[/bold green]")
-    console.print(f"  HTTP API     http://{ports.HOST}:{settings.http_port}  (dashboard at /, health at /healthz)", soft_wrap=True)
+    console.print(f"  HTTP API     http://{ports.HOST}:{settings.http_port}  (web app at /, health at /healthz)", soft_wrap=True)
     console.print(f"  Temporal UI  {ui}", soft_wrap=True)
     console.print(f"  Temporal     {settings.temporal_target}"
                   f"  namespace {settings.temporal_namespace}, task queue {settings.task_queue}", soft_wrap=True)

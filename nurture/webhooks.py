@@ -75,6 +75,10 @@ APPLIED = {
     "group_resubscribe": journey.RESUBSCRIBE_EVENT,  # undoes an unsubscribe in the lead's workflow
 }
 STORED_ONLY = {"processed": "email_processed"}
+# The email row's first-time column each event type sets (the campaign stats read them;
+# an open is counted only when no privacy proxy made it).
+ENGAGEMENT = {"email_delivered": "delivered_at", "email_click": "clicked_at", "email_bounce": "bounced_at",
+              "email_unsubscribe": "unsubscribed_at"}
 # Email row status from an event, most informative last: only ever raised.
 EMAIL_RANK = {"claimed": 0, "sending": 0, "unknown": 0, "failed": 0, "sent": 1, "delivered": 2,
               "opened": 3, "clicked": 4, "bounced": 5, "dropped": 5, "spamreport": 6}
@@ -217,6 +221,7 @@ class _Batch:
     email_status: dict[str, str] = field(default_factory=dict)  # send_id -> status
     changed_emails: set[str] = field(default_factory=set)
     drop_reasons: dict[str, str] = field(default_factory=dict)  # send_id -> why SendGrid dropped it
+    engaged: dict[tuple[str, str], datetime] = field(default_factory=dict)  # (send_id, column) -> first time
     rows: list[dict[str, Any]] = field(default_factory=list)  # new event rows
     soft: dict[str, list[_Soft]] = field(default_factory=dict)  # address -> its soft steps
     stored: int = 0
@@ -271,6 +276,7 @@ def _store(session: Session, events: list[dict[str, Any]]) -> dict[str, int]:
         session.execute(table.update().where(table.c.send_id == bindparam("b_send_id"))
                         .values(status=bindparam("b_status"), updated_at=bindparam("b_at")), changed)
     _record_drop_reasons(session, batch.drop_reasons)
+    crud.note_engagement(session=session, firsts=batch.engaged)
     return {"stored": batch.stored, "duplicates": batch.duplicates, "unmatched": batch.unmatched}
 
 
@@ -347,6 +353,10 @@ def _store_one(session: Session, batch: _Batch, raw: dict[str, Any], event_id: s
         batch.drop_reasons[send_id] = data["reason"] or "no reason given"
     if kind == "delivered" and address:
         batch.soft.setdefault(address, []).append(_Soft(None))  # resets the address's soft count
+    engaged = "opened_at" if kind == "open" and not machine else ENGAGEMENT.get(type_)
+    if send_id and engaged and send_id in batch.email_status:
+        first = batch.engaged.get((send_id, engaged))
+        batch.engaged[(send_id, engaged)] = at if first is None else min(first, at)
     status = {"delivered": "delivered", "open": "delivered" if machine else "opened", "click": "clicked",
               "bounce": "bounced", "dropped": "dropped", "spamreport": "spamreport", "processed": "sent"}.get(kind)
     if send_id and status:

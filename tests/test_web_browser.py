@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.test_handoff import handoff_of, to_sql
+from tests.test_stats import CAMPAIGN, scripted_journey
 from tests.test_web import MARKETER, PASSWORD, add_user, handoff_email_link
-from tests.test_webhooks import serve
+from tests.test_webhooks import hook, serve  # noqa: F401 - hook: the webhook fixture
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).parent / "screenshots"
@@ -53,7 +54,7 @@ async def test_in_a_browser_sign_in_pages_a_rep_accepts_from_the_email_and_a_pos
             await page.click("button[type=submit]")
             assert page.url == f"{base}/leads"
             await shot(page, "leads")
-            for path, name in (("/", "dashboard"), (f"/leads/{email}", "lead"), ("/handoffs", "handoffs"),
+            for path, name in (("/", "campaigns"), (f"/leads/{email}", "lead"), ("/handoffs", "handoffs"),
                                (f"/handoffs/{handoff.id}", "handoff"), (f"/leads/{email}/forget", "forget"),
                                ("/leads/nobody@wayne.example", "not-found")):
                 await page.goto(base + path)
@@ -77,5 +78,47 @@ async def test_in_a_browser_sign_in_pages_a_rep_accepts_from_the_email_and_a_pos
             await page.goto(base + link)
             assert "no longer works" in await page.inner_text("h1")
             await shot(page, "handoff-link-void")
+        finally:
+            await context.close()
+
+
+async def test_in_a_browser_the_campaign_page_shows_the_counts_of_a_scripted_journey(hook):
+    """Four leads through b2b-trial (tests.test_stats.scripted_journey): the numbers a
+    marketer reads on the page are the ones the journey produced, step by step and per
+    subject variant."""
+    from playwright.async_api import async_playwright
+
+    stack, http = hook
+    await scripted_journey(stack, http)
+    add_user(stack, MARKETER, "marketer")
+    expected = {  # step: (reached, sent, unique clicks)
+        "welcome": (4, 4, 1), "case-study": (3, 3, 1), "wait-click": (3, None, None), "demo-invite": (1, 1, 0),
+        "reminder": (0, 0, 0),
+    }
+    async with async_playwright() as playwright:
+        base = str(http.base_url).rstrip("/")
+        context, page = await browser_page(playwright, tempfile.mkdtemp(prefix="nurture-chromium-"))
+        try:
+            await page.goto(f"{base}/campaigns/{CAMPAIGN}")
+            await page.fill("#email", MARKETER)
+            await page.fill("#password", PASSWORD)
+            await page.click("button[type=submit]")
+            assert page.url == f"{base}/campaigns/{CAMPAIGN}"
+            await shot(page, "campaign")
+
+            async def cell(scope: str, field: str) -> int | None:
+                text = (await page.inner_text(f"{scope} td[data-field={field}]")).split()
+                return int(text[0]) if text else None
+
+            for step_id, figures in expected.items():
+                row = f"table.steps tr[data-step={step_id}]"
+                assert (await cell(row, "reached"), await cell(row, "sent"), await cell(row, "unique_clicks")) == figures, step_id
+            variants = [(await cell(f"table.ab[data-step=case-study] tr[data-variant='{n}']", "sent"),
+                         await cell(f"table.ab[data-step=case-study] tr[data-variant='{n}']", "unique_clicks"))
+                        for n in (0, 1)]
+            assert variants == [(2, 1), (1, 0)]  # ann and bob got variant 0, bob clicked; cat got 1
+            await page.goto(f"{base}/?range=7")
+            assert "b2b-trial" in await page.inner_text("main")
+            await shot(page, "campaigns-7-days")
         finally:
             await context.close()

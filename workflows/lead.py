@@ -178,6 +178,7 @@ class LeadWorkflow:
             step = steps[enrollment.step_index]
             if enrollment.step_started_at is None:
                 enrollment.step_started_at = workflow.now()
+                self._note_step_reached(enrollment, step)
             next_index = await getattr(self, f"_run_{step.kind}")(enrollment, step)
             if next_index is None:  # interrupted: re-check why at the top
                 continue
@@ -191,6 +192,14 @@ class LeadWorkflow:
                 enrollment.deadline = None
                 enrollment.waiting_for = None
                 journey.touch(self.s)
+
+    def _note_step_reached(self, enrollment: Enrollment, step: Any) -> None:
+        """One history line per step a lead enters: the campaign stats count `reached`
+        from it. Patched: journeys recorded before wrote no such line (nor its sync)."""
+        if workflow.patched("note-step-reached"):
+            journey.note(self.s, workflow.now(), "note", f"{step.id}: reached",
+                         detail={"campaign": enrollment.campaign.name, "step": step.id, "journey": "step",
+                                 "enrollment": enrollment.number})
 
     def _index_of(self, enrollment: Enrollment, step_id: str | None, default: int) -> int:
         """A jump target's index; a missing target ends the campaign (never a crash)."""
@@ -327,7 +336,8 @@ class LeadWorkflow:
             self.s.finished_campaigns.append(name)
         self.s.enrollment = None
         journey.note(self.s, workflow.now(), "note", f"left campaign {name}: {reason}",
-                     detail={"campaign": name, "step": enrollment.step_id})
+                     detail={"campaign": name, "step": enrollment.step_id, "journey": "left",
+                             "enrollment": enrollment.number, "exit": reason})
 
     async def _note_branch(self, reason: str) -> None:
         async with self.lock:
@@ -595,7 +605,8 @@ class LeadWorkflow:
         self.s.enrollments += 1
         self.s.enrollment = Enrollment(campaign=campaign, number=self.s.enrollments, started_at=workflow.now())
         journey.note(self.s, workflow.now(), "note", f"enrolled in {campaign.name} ({trigger}, version {campaign.version})",
-                     detail={"campaign": campaign.name, "version": campaign.version})
+                     detail={"campaign": campaign.name, "version": campaign.version, "journey": "enrolled",
+                             "enrollment": self.s.enrollments})
         return None
 
     # ------------------------------------------------------------ qualification and handoff

@@ -1,0 +1,78 @@
+"""The campaigns overview (`/`) and a campaign's page (`/campaigns/{name}`).
+
+Both render the stats document of `nurture.stats` as it is, so every number on them
+is the JSON's (`GET /v1/campaigns/{name}/stats`). `?range=7|30|90|all` (days) counts
+enrollments begun, steps reached and emails sent in that window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from nurture import stats
+from nurture.campaign import CampaignError, UnknownCampaignError
+from nurture.config import Settings
+from nurture.stats_store import CONVERSION_STAGES
+from nurture.web import journey_svg
+from nurture.web.auth import current_user, refuse
+from nurture.web.render import message, page
+
+router = APIRouter()
+RANGES = (("7", "7 days"), ("30", "30 days"), ("90", "90 days"), ("all", "all time"))
+STEP_COLUMNS = (("reached", "reached"), ("waiting", "waiting now"), ("sent", "sent"), ("delivered", "delivered"),
+                ("unique_opens", "unique opens"), ("unique_clicks", "unique clicks"), ("bounced", "bounces"),
+                ("unsubscribed", "unsubscribes"))
+RATE_OF = {"delivered": "delivered", "unique_opens": "open", "unique_clicks": "click", "bounced": "bounce",
+           "unsubscribed": "unsubscribe"}
+
+
+def since_of(range_: str | None) -> tuple[str, datetime | None]:
+    """The range chosen (an unknown one means all time) and when it starts."""
+    if range_ not in {value for value, _ in RANGES} or range_ in (None, "all"):
+        return "all", None
+    return range_, datetime.now(timezone.utc) - timedelta(days=int(range_))
+
+
+def _context(range_: str, since: datetime | None) -> dict[str, object]:
+    return {"ranges": RANGES, "range": range_, "since": f"{since:%Y-%m-%d %H:%M} UTC" if since else None,
+            "percent": journey_svg.percent, "stages": CONVERSION_STAGES}
+
+
+@router.get("/", response_class=HTMLResponse)
+async def overview(request: Request, range: str | None = None) -> Response:  # noqa: A002 - the query's name
+    """Every campaign with its status, version, enrollments, exits and conversions (sales
+    reps, who see only handoffs and the leads handed to them, go to their inbox)."""
+    if current_user(request).role == "sales":
+        return RedirectResponse("/handoffs", status_code=303)
+    settings: Settings = request.app.state.settings
+    chosen, since = since_of(range)
+    try:
+        campaigns = await asyncio.to_thread(stats.overview_of, settings, since)
+        error = None
+    except CampaignError as problem:
+        campaigns, error = [], f"{str(problem).splitlines()[0]} (run `nurture campaign validate`)"
+    funnel = await asyncio.to_thread(stats.funnel_of, settings)
+    return page(request, "campaigns.html", title="Campaigns", campaigns=campaigns, error=error, funnel=funnel,
+                **_context(chosen, since))
+
+
+@router.get("/campaigns/{name}", response_class=HTMLResponse)
+async def campaign_page(name: str, request: Request, range: str | None = None) -> Response:  # noqa: A002
+    """The journey as a graph with each step's numbers, the A/B tables, sends and clicks per day."""
+    if current_user(request).role == "sales":
+        return refuse(request, "Sales reps see the leads handed to them in their inbox.")
+    settings: Settings = request.app.state.settings
+    chosen, since = since_of(range)
+    try:
+        campaign, document = await asyncio.to_thread(stats.stats_of, settings, name, since)
+    except UnknownCampaignError:
+        return message(request, 404, "No such campaign", f"There is no campaign named '{name}'.")
+    except CampaignError as problem:
+        return message(request, 409, "Campaign file invalid", str(problem).splitlines()[0])
+    return page(request, "campaign.html", title=campaign.name, stats=document, description=campaign.description,
+                graph=journey_svg.journey_graph(campaign, document), daily=journey_svg.daily_chart(document["per_day"]),
+                columns=STEP_COLUMNS, rate_of=RATE_OF, **_context(chosen, since))
