@@ -69,7 +69,6 @@ def _json() -> Any:
 
 
 class Lead(SQLModel, table=True):
-    __table_args__ = (Index("ix_lead_campaign_step", "campaign", "step"),)  # who waits where (stats)
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(unique=True, max_length=64)  # derived from the address; names the workflow
     email: str | None = Field(default=None, unique=True, max_length=254)  # None once forgotten
@@ -102,8 +101,10 @@ class Lead(SQLModel, table=True):
     next_action_at: datetime | None = _ts(nullable=True)
     state_version: int = 0
 
-    # `lead list` filters walk these in id order (keyset pagination).
-    __table_args__ = (Index("ix_lead_stage_id", "stage", "id"), Index("ix_lead_campaign_id", "campaign", "id"))
+    # `lead list` filters walk the first two in id order (keyset pagination); the campaign
+    # stats count who waits where with the third.
+    __table_args__ = (Index("ix_lead_stage_id", "stage", "id"), Index("ix_lead_campaign_id", "campaign", "id"),
+                      Index("ix_lead_campaign_step", "campaign", "step"))
 
 
 class LeadStart(SQLModel, table=True):
