@@ -643,6 +643,15 @@ def enroll(email: str = EmailArg,
 
 
 @app.command()
+def remove(email: str = EmailArg) -> None:
+    """Take a lead out of its current campaign now (it leaves with reason `removed`)."""
+    nurture = service()
+    result = run(lambda: nurture.remove(email))
+    out.print(f"{result.lead['email']} {result.message}: removed; stage {result.lead['stage']}", markup=False)
+    finish(0)
+
+
+@app.command()
 def event(
     email: str = EmailArg,
     type_: str = typer.Argument(..., metavar="TYPE", help="e.g. email_click, page_view, quote_request."),

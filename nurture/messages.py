@@ -76,6 +76,13 @@ class ForgetInput:
 
 
 @dataclass
+class RemoveInput:
+    """`nurture remove EMAIL` or the lead page: leave the current campaign now."""
+
+    by: str | None = None  # who asked (a web user's address), for the history line
+
+
+@dataclass
 class ResubscribeInput:
     consent_at: datetime  # when the lead opted in again (preferences page)
 

@@ -207,6 +207,18 @@ class Nurture:
         self.check_campaign(campaign)
         return await self._update(lead.key, LeadWorkflow.enroll, EnrollRequest(campaign=campaign, switch=switch))
 
+    async def remove(self, email: str, *, by: str | None = None) -> LeadResult:
+        """Take the lead out of its current campaign (exit reason `removed`); the result's
+        message names the campaign it left."""
+        from workflows.lead import LeadWorkflow, RemoveInput
+
+        lead = self._lead(email)
+        if lead.campaign is None:
+            raise UserError(f"{lead.email} is not in a campaign")
+        result = await self._update(lead.key, LeadWorkflow.remove, RemoveInput(by=by))
+        result.message = f"left {lead.campaign}"
+        return result
+
     def check_campaign(self, name: str) -> None:
         """Refuse, before anything is written, an enrollment in a campaign that does not
         exist or whose file is invalid now: the worker would only refuse it later."""

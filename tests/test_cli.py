@@ -281,3 +281,19 @@ async def test_terminal_escapes_in_lead_fields_are_never_printed_raw(cli, tmp_pa
             assert json.loads(shown.stdout)["company"] == company  # the data is kept as typed
         elif args[1] == "show":
             assert "]0;pwnedAcme[2J1A Corp" in shown.stdout
+
+
+async def test_remove_takes_a_lead_out_of_its_campaign(cli):
+    added = await cli("lead", "add", "--email", "rex@globex.example", "--source", "web_form", "--json")
+    assert added.returncode == 0 and json.loads(added.stdout)["campaign"] == "b2b-trial", added.stderr
+    removed = await cli("remove", "rex@globex.example")
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.strip() == "rex@globex.example left b2b-trial: removed; stage lead"
+    shown = json.loads((await cli("lead", "show", "rex@globex.example", "--json")).stdout)
+    assert shown["campaign"] is None and shown["step"] is None
+    assert [h["reason"] for h in shown["history"] if h["reason"].startswith("left campaign")] == [
+        "left campaign b2b-trial: removed"]
+    again = await cli("remove", "rex@globex.example")
+    assert again.returncode == 1 and one_error_line(again) == "error: rex@globex.example is not in a campaign"
+    missing = await cli("remove", "nobody@globex.example")
+    assert missing.returncode == 1 and "nobody@globex.example" in one_error_line(missing)

@@ -296,6 +296,19 @@ async def test_marketers_enroll_and_forget_from_the_lead_page(stack):
         done = await http.post(f"/leads/{email}/enroll", data={"csrf_token": token, "campaign": "b2b-trial"})
         assert done.status_code == 303, done.text
         assert stack.show(email)["campaign"] == "b2b-trial"
+        assert "Remove from campaign" in (await http.get(f"/leads/{email}")).text
+        unsigned = await http.post(f"/leads/{email}/remove", data={})
+        assert unsigned.status_code == 403 and stack.show(email)["campaign"] == "b2b-trial"  # no CSRF token
+        removed = await http.post(f"/leads/{email}/remove", data={"csrf_token": token})
+        assert removed.status_code == 303 and removed.headers["location"].endswith("?done=removed")
+        shown = stack.show(email)
+        assert shown["campaign"] is None
+        assert any(h["reason"] == "left campaign b2b-trial: removed" for h in shown["history"])
+        assert any(h["reason"] == f"removed from b2b-trial by {MARKETER}" for h in shown["history"])
+        page = await http.get(removed.headers["location"])
+        assert "Removed from the campaign." in page.text and "Remove from campaign" not in page.text
+        again = await http.post(f"/leads/{email}/remove", data={"csrf_token": token})
+        assert again.status_code == 409 and 'id="remove-error"' in again.text and "not in a campaign" in again.text
         confirm = await http.get(f"/leads/{email}/forget")
         assert confirm.status_code == 200 and "cannot be undone" in confirm.text
         assert stack.show(email)["first_name"] == "Ann"  # the GET changed nothing

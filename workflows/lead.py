@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         LeadInput,
         LeadResult,
         ProfileUpdate,
+        RemoveInput,
         RescoreInput,
         ResubscribeInput,
     )
@@ -510,6 +511,27 @@ class LeadWorkflow:
             await self._sync()
             self.forgotten = True
             return LeadResult({"key": self.s.key, "status": "forgotten"})
+
+    @workflow.update
+    async def remove(self, inp: RemoveInput) -> LeadResult:
+        """A marketer takes the lead out of its campaign: it leaves with reason `removed`
+        (a finished campaign, so auto-enrollment does not bring it straight back)."""
+        await workflow.wait_condition(lambda: self.ready)
+        async with self.lock:
+            enrollment = self.s.enrollment
+            if enrollment is None:  # it left between the validator and now
+                raise ApplicationError("not in a campaign", type="RemoveRefused", non_retryable=True)
+            self._leave(enrollment, "removed")
+            if inp.by:
+                journey.note(self.s, workflow.now(), "note", f"removed from {enrollment.campaign.name} by {inp.by}")
+            await self._sync()
+            return LeadResult(journey.show(self.s, self._funnel()))
+
+    @remove.validator
+    def _validate_remove(self, inp: RemoveInput) -> None:
+        self._refuse_if_forgotten()
+        if self.ready and self.s.enrollment is None:
+            raise ValueError("not in a campaign")
 
     @workflow.update
     async def resubscribe(self, inp: ResubscribeInput) -> LeadResult:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -38,7 +39,7 @@ FILTERS = {
     "temperature": ("cold", "warm", "hot"),
     "status": ("subscribed", "unsubscribed", "bounced", "complained"),
 }
-DONE = {"enrolled": "Enrolled."}  # what the page says after an action redirected to it
+DONE = {"enrolled": "Enrolled.", "removed": "Removed from the campaign."}  # what the page says after an action redirected to it
 CSV_COLUMNS = ("email", "first_name", "last_name", "company", "job_title", "country", "stage", "status",
                "score", "grade", "temperature", "owner", "campaign", "step", "created_at")
 
@@ -216,15 +217,32 @@ async def lead_enroll(email: str, request: Request) -> Response:
     if not campaign:
         return await _lead_page(request, email, 400, errors={"campaign": "Choose a campaign."})
     nurture: Nurture = request.app.state.nurture
+    return await _act(request, email, "enroll", "enrolled", "campaign",
+                      nurture.enroll(email, campaign, switch=fields.get("switch") == "yes"))
+
+
+@router.post("/leads/{email}/remove")
+async def lead_remove(email: str, request: Request) -> Response:
+    """Take the lead out of its campaign, as `nurture remove EMAIL` does."""
+    if refused := _not_marketer(request, "remove leads from campaigns"):
+        return refused
+    nurture: Nurture = request.app.state.nurture
+    return await _act(request, email, "remove", "removed", "remove",
+                      nurture.remove(email, by=current_user(request).email))
+
+
+async def _act(request: Request, email: str, verb: str, done: str, field: str, action: Awaitable[Any]) -> Response:
+    """Run a lead page action: back to the page saying `done`, or the page with the
+    refusal next to `field`, or a page saying nothing changed (no worker answered)."""
     try:
-        await nurture.enroll(email, campaign, switch=fields.get("switch") == "yes")
+        await action
     except NotFound:
         return _no_lead(request, email)
     except UserError as error:
-        return await _lead_page(request, email, 409, errors={"campaign": str(error)})
+        return await _lead_page(request, email, 409, errors={field: str(error)})
     except TemporalUnavailable as error:
-        return message(request, 503, "Could not enroll now", f"Nothing was changed: {error}")
-    return RedirectResponse(f"/leads/{quote(email, safe='@')}?done=enrolled", status_code=303)
+        return message(request, 503, f"Could not {verb} now", f"Nothing was changed: {error}")
+    return RedirectResponse(f"/leads/{quote(email, safe='@')}?done={done}", status_code=303)
 
 
 @router.get("/leads/{email}/forget")
