@@ -982,18 +982,25 @@ def user_add(
     email: str = typer.Argument(..., metavar="EMAIL", help="The user's email address (they sign in with it)."),
     role: str = typer.Option(..., "--role", help="marketer, sales or admin."),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from the first line of stdin."),
+    zone: Optional[str] = typer.Option(None, "--timezone", metavar="ZONE",
+                                       help="The zone their pages show times in, e.g. Europe/Paris (default UTC)."),
 ) -> None:
     """Add a web app user; without --password-stdin, asks for the password twice (hidden)."""
     # Imported here: argon2 and the store are not needed by other commands.
     from nurture import crud, users
 
+    try:
+        timezone = users.check_zone(zone)
+    except users.UserProblem as error:
+        fail(f"--{error}")
     password = _read_password(password_stdin)
     try:
         address = users.check_new(email, role, password)
     except users.UserProblem as error:
         fail(str(error))
     with _store()() as session:
-        added = crud.add_user(session=session, email=address, role=role, password_hash=users.hash_password(password))
+        added = crud.add_user(session=session, email=address, role=role, password_hash=users.hash_password(password),
+                              timezone=timezone)
     if added is None:
         fail(f"{address}: a user with this address already exists (remove it first)")
     out.print(f"user {address} added ({role})", markup=False)
@@ -1007,14 +1014,14 @@ def user_list(as_json: bool = JsonOpt) -> None:
     from nurture.models import as_utc
 
     with _store()() as session:
-        rows = [{"email": u.email, "role": u.role, "created_at": iso(as_utc(u.created_at))}
+        rows = [{"email": u.email, "role": u.role, "timezone": u.timezone or "UTC", "created_at": iso(as_utc(u.created_at))}
                 for u in crud.list_users(session=session)]
     if as_json:
         print_json(rows)
         return
-    table = table_of("email", "role", when.header("created"))
+    table = table_of("email", "role", "time zone", when.header("created"))
     for row in rows:
-        table.add_row(row["email"], row["role"], when.clock(row["created_at"]))
+        table.add_row(row["email"], row["role"], row["timezone"], when.clock(row["created_at"]))
     out.print(table)
 
 

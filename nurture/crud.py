@@ -589,9 +589,10 @@ def get_user_by_id(*, session: Session, user_id: int) -> User | None:
     return session.get(User, user_id)
 
 
-def add_user(*, session: Session, email: str, role: str, password_hash: str) -> User | None:
+def add_user(*, session: Session, email: str, role: str, password_hash: str,
+             timezone: str | None = None) -> User | None:
     """A new user, or None when the address already has one."""
-    user = User(email=email, role=role, password_hash=password_hash)
+    user = User(email=email, role=role, password_hash=password_hash, timezone=timezone)
     try:
         with session.begin_nested():
             session.add(user)
@@ -606,6 +607,10 @@ def list_users(*, session: Session) -> Sequence[User]:
 
 def remove_user(*, session: Session, email: str) -> bool:
     return bool(session.execute(delete(User).where(col(User.email) == email)).rowcount)  # type: ignore[attr-defined]
+
+
+def set_user_timezone(*, session: Session, user_id: int, timezone: str | None) -> None:
+    session.execute(update(User).where(col(User.id) == user_id).values(timezone=timezone))
 
 
 def set_password_hash(*, session: Session, user_id: int, password_hash: str) -> None:

@@ -255,6 +255,7 @@ class User(SQLModel, table=True):
     role: str = Field(max_length=20)  # marketer | sales | admin
     password_hash: str = Field(max_length=200)
     created_at: datetime = _ts(nullable=False)
+    timezone: str | None = Field(default=None, max_length=64)  # their pages' times; None: UTC
 
 
 class SignInFailure(SQLModel, table=True):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -46,6 +47,7 @@ class SignedIn:
     id: int
     email: str
     role: str
+    timezone: str | None = None  # the zone their pages show times in (UTC when None)
 
     @property
     def can_act_on_leads(self) -> bool:
@@ -61,7 +63,17 @@ class SignedIn:
 
 def signed_in(user: User) -> SignedIn:
     assert user.id is not None
-    return SignedIn(user.id, user.email, user.role)
+    return SignedIn(user.id, user.email, user.role, user.timezone)
+
+
+def check_zone(name: str | None) -> str | None:
+    """An IANA zone name as given (None or blank: UTC), or UserProblem."""
+    if name is None or not name.strip():
+        return None
+    try:
+        return ZoneInfo(name.strip()).key
+    except (ValueError, OSError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+        raise UserProblem(f"timezone: unknown time zone '{name.strip()[:64]}' (an IANA name like Europe/Paris)") from None
 
 
 def check_new(email: str, role: str, password: str) -> str:

@@ -12,9 +12,10 @@ import re
 import subprocess
 import sys
 from email import policy
-from datetime import timedelta
+from datetime import timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import httpx
 
@@ -320,6 +321,35 @@ async def test_marketers_enroll_and_forget_from_the_lead_page(stack):
         assert crud.get_lead(session=session, email=email) is None
 
 
+async def test_pages_show_times_in_the_viewers_zone_chosen_on_their_account_page(stack):
+    """Contract 7: times in the viewer's zone, the zone named. The handoff was created at a
+    known UTC instant; the inbox shows it in Asia/Tokyo (+9), then in America/New_York."""
+    email = "tom@wayne.example"
+    await to_sql(stack, email, first_name="Tom")
+    handoff = handoff_of(stack, email)
+    with stack.session() as session:
+        assert crud.add_user(session=session, email=ADMIN, role="admin", password_hash=users.hash_password(PASSWORD),
+                             timezone="Asia/Tokyo")
+    created = handoff.created_at.replace(tzinfo=handoff.created_at.tzinfo or timezone.utc)
+    in_zone = {zone: f"{created.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M}" for zone in ("Asia/Tokyo", "America/New_York")}
+    async with serve(stack) as http:
+        await sign_in(http, ADMIN)
+        inbox = (await http.get("/handoffs")).text
+        assert "created (Asia/Tokyo)" in inbox and in_zone["Asia/Tokyo"] in inbox
+        account = await http.get("/account")
+        assert account.status_code == 200 and '<option value="Asia/Tokyo" selected>' in account.text
+        token = csrf_of(account.text)
+        assert (await http.post("/account", data={"timezone": "America/New_York"})).status_code == 403  # no CSRF
+        bad = await http.post("/account", data={"csrf_token": token, "timezone": "Nowhere/Else"})
+        assert bad.status_code == 400 and 'id="timezone-error"' in bad.text and "unknown time zone" in bad.text
+        saved = await http.post("/account", data={"csrf_token": token, "timezone": "America/New_York"})
+        assert saved.status_code == 303 and saved.headers["location"] == "/account?done=saved"
+        inbox = (await http.get("/handoffs")).text
+        assert "created (America/New_York)" in inbox and in_zone["America/New_York"] in inbox
+    with stack.session() as session:
+        assert crud.get_user(session=session, email=ADMIN).timezone == "America/New_York"
+
+
 # ---------------------------------------------------------------- sales
 
 
@@ -426,8 +456,18 @@ def test_user_add_list_remove(tmp_path):
     assert short.returncode == 1 and "at least 8 characters" in short.stderr
     no_tty = run_cli(stack, "user", "add", "x@acme.example", "--role", "admin")
     assert no_tty.returncode == 2 and "--password-stdin" in no_tty.stderr
+    bad_zone = run_cli(stack, "user", "add", "x@acme.example", "--role", "admin", "--timezone", "Mars/Olympus",
+                       "--password-stdin", stdin=PASSWORD)
+    assert bad_zone.returncode == 1 and bad_zone.stderr.strip() == (
+        "error: --timezone: unknown time zone 'Mars/Olympus' (an IANA name like Europe/Paris)")
+    zoned = run_cli(stack, "user", "add", "zed@acme.example", "--role", "admin", "--timezone", "Asia/Tokyo",
+                    "--password-stdin", stdin=PASSWORD)
+    assert zoned.returncode == 0, zoned.stderr
     listed = json.loads(run_cli(stack, "user", "list", "--json").stdout)
-    assert [(u["email"], u["role"]) for u in listed] == [("ann@acme.example", "sales")]
+    assert [(u["email"], u["role"], u["timezone"]) for u in listed] == [
+        ("ann@acme.example", "sales", "UTC"), ("zed@acme.example", "admin", "Asia/Tokyo")]
+    assert "Asia/Tokyo" in run_cli(stack, "user", "list").stdout
+    assert run_cli(stack, "user", "remove", "zed@acme.example").returncode == 0
     with stack.session() as session:
         stored = crud.get_user(session=session, email="ann@acme.example")
         assert stored.password_hash.startswith("$argon2id$") and PASSWORD not in stored.password_hash

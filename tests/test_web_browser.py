@@ -56,7 +56,7 @@ async def test_in_a_browser_sign_in_pages_a_rep_accepts_from_the_email_and_a_pos
             await shot(page, "leads")
             for path, name in (("/", "campaigns"), (f"/leads/{email}", "lead"), ("/handoffs", "handoffs"),
                                (f"/handoffs/{handoff.id}", "handoff"), (f"/leads/{email}/forget", "forget"),
-                               ("/leads/nobody@wayne.example", "not-found")):
+                               ("/leads/nobody@wayne.example", "not-found"), ("/account", "account")):
                 await page.goto(base + path)
                 await shot(page, name)
             # the confirmation form, its CSRF token taken out before submitting: refused, nothing changed

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from nurture.web import auth, campaigns, handoffs, leads, render
+from nurture.web import account, auth, campaigns, handoffs, leads, render
 from nurture.web.render import STATIC
 
 __all__ = ["install", "is_page", "render"]  # render: api.py draws its error pages with it
@@ -16,6 +16,7 @@ def install(app: FastAPI) -> None:
     """The sign-in guard in front of every route, the static files and the pages."""
     auth.install(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(account.router)
     app.include_router(campaigns.router)
     app.include_router(leads.router)
     app.include_router(handoffs.router)

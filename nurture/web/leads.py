@@ -156,7 +156,7 @@ def _find(settings: Settings, email: str, user: SignedIn) -> dict[str, Any] | No
             return "refused"
         shown = lead_json(session, lead)
         emails = crud.emails_of(session=session, key=lead.key)
-    zone = lead.timezone
+    zone = lead.timezone or user.timezone  # the lead's own, else the viewer's (then UTC)
     return {
         "lead": shown, "row": lead, "zone": when.zone(zone)[1], "attributes": sorted((lead.attributes or {}).items()),
         "history": shown["history"],

@@ -12,7 +12,8 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
+from jinja2.runtime import Context
 
 from nurture import when
 from nurture.wording import plural
@@ -26,13 +27,34 @@ HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Rob
 env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True),
                   trim_blocks=True, lstrip_blocks=True)
 env.filters["plural"] = plural
-env.filters["labelled"] = when.labelled
-env.filters["clock"] = when.clock
-env.globals["zone_header"] = when.header
+
+
+# Times show in the zone a template names (a lead's own, on its page), else in the
+# signed-in viewer's (`nurture user add --timezone`, or their account page), else UTC;
+# the zone is always named.
+@pass_context
+def _labelled(context: Context, value: Any, zone_name: str | None = None) -> str:
+    return when.labelled(value, zone_name or context.get("viewer_zone"))
+
+
+@pass_context
+def _clock(context: Context, value: Any, zone_name: str | None = None) -> str:
+    return when.clock(value, zone_name or context.get("viewer_zone"))
+
+
+@pass_context
+def _zone_header(context: Context, name: str, zone_name: str | None = None) -> str:
+    return when.header(name, zone_name or context.get("viewer_zone"))
+
+
+env.filters["labelled"] = _labelled
+env.filters["clock"] = _clock
+env.globals["zone_header"] = _zone_header
 
 
 def page(request: Request, template: str, status: int = 200, /, **context: Any) -> HTMLResponse:
     context.setdefault("user", getattr(request.state, "user", None))
+    context.setdefault("viewer_zone", getattr(context["user"], "timezone", None))
     context.setdefault("csrf_token", getattr(request.state, "csrf_token", ""))
     context.setdefault("path", request.url.path)
     context.setdefault("errors", {})

@@ -1,7 +1,7 @@
 """web app users and the sign-in throttle
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-02 08:10:00
 """
 from alembic import op

@@ -1,0 +1,24 @@
+"""web app users: the time zone their pages show times in
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-03 12:00:00
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0007'
+down_revision = '0006'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('user') as batch_op:
+        batch_op.add_column(sa.Column('timezone', sa.String(length=64), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('user') as batch_op:
+        batch_op.drop_column('timezone')
