@@ -68,11 +68,13 @@ class SendEmailInput:
 
 @dataclass
 class SendEmailResult:
-    status: str  # sent | unknown | failed | suppressed
+    status: str  # sent | unknown | failed | suppressed | held (campaign paused or stopped)
     subject: str = ""
     provider: str = ""
     message_id: str | None = None
     error: str | None = None
+    control: str | None = None  # held: the campaign's state (paused | stopped) and its seq
+    control_seq: int = 0
 
 
 class _Refused(Exception):
@@ -127,8 +129,15 @@ class EmailActivities:
         return None
 
     def _check_and_claim(self, inp: SendEmailInput) -> Email | SendEmailResult:
-        """Suppression re-checked and the send claimed, in one transaction."""
+        """Suppression and the campaign's pause or stop re-checked and the send claimed, in
+        one transaction."""
         with session_scope(self.settings.db_url) as session:
+            control = crud.campaign_control(session=session, campaign=inp.campaign) if inp.campaign else None
+            if inp.marketing and control is not None and control.state != "active":
+                # The lead may not have heard yet (it was signalled before it enrolled, or
+                # the signal is on its way): nothing leaves a paused or stopped campaign.
+                return SendEmailResult(status="held", error=f"campaign {control.state}", control=control.state,
+                                       control_seq=control.seq)
             blocked = self._suppressed(session, inp)
             if blocked:
                 return SendEmailResult(status="suppressed", error=blocked)

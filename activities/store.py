@@ -17,6 +17,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from nurture import crud, rules
 from nurture.campaign import Campaign, CampaignError, Funnel, find_campaign
+from nurture.wording import control_refusal
 from nurture.config import Settings
 from nurture.db import session_scope
 from nurture.journey import HistoryEntry, LeadEvent, LeadProfile, Projection
@@ -123,24 +124,37 @@ class StoreActivities:
 
     @activity.defn
     def load_campaign(self, inp: LoadCampaignInput) -> Campaign:
-        """An explicit enrollment takes the file as it is now: a broken one is refused."""
+        """An explicit enrollment takes the file as it is now: a broken one is refused, and
+        so is a campaign a marketer paused or stopped."""
         try:
-            return find_campaign(self.settings.campaigns_dir, inp.name)
+            campaign = find_campaign(self.settings.campaigns_dir, inp.name)
         except CampaignError as error:
             raise ApplicationError(campaign_refusal(inp.name, error), type="CampaignError", non_retryable=True,
                                    category=ApplicationErrorCategory.BENIGN) from error
+        with session_scope(self.settings.db_url) as session:
+            control = crud.campaign_control(session=session, campaign=inp.name)
+        if control is not None and control.state != "active":
+            raise ApplicationError(control_refusal(inp.name, control.state), type="CampaignHalted",
+                                   non_retryable=True, category=ApplicationErrorCategory.BENIGN)
+        return campaign
 
     @activity.defn
     def load_start(self, inp: LoadStartInput) -> StartConfig:
         return StartConfig(self.load_funnel(LoadFunnelInput()),
-                           [c for c in self.config.campaigns() if inp.trigger in c.enroll.auto_on],
+                           [c for c in self._taking_leads() if inp.trigger in c.enroll.auto_on],
                            unusable=self.config.unusable_campaign_files())
 
     @activity.defn
     def pick_campaign(self, inp: PickCampaignInput) -> PickCampaignResult:
         """The campaign a lead enters automatically: highest priority, then name."""
-        return PickCampaignResult(rules.pick_campaign(self.config.campaigns(), inp.trigger, inp.profile, inp.stage,
+        return PickCampaignResult(rules.pick_campaign(self._taking_leads(), inp.trigger, inp.profile, inp.stage,
                                                       inp.finished), unusable=self.config.unusable_campaign_files())
+
+    def _taking_leads(self) -> list[Campaign]:
+        """The campaigns automatic enrollment may pick: not paused or stopped by a marketer."""
+        with session_scope(self.settings.db_url) as session:
+            halted = {name for name, row in crud.campaign_controls(session=session).items() if row.state != "active"}
+        return [campaign for campaign in self.config.campaigns() if campaign.name not in halted]
 
     @activity.defn
     def load_lead(self, inp: LoadLeadInput) -> LoadLeadResult:

@@ -256,8 +256,10 @@ def campaign_list(as_json: bool = JsonOpt) -> None:
     settings = cfg()
     config = ConfigFiles(settings)
     campaigns = config.campaigns()
-    rows = [{"name": c.name, "description": c.description, "steps": len(c.steps), "version": c.version,
-             "auto_on": c.enroll.auto_on, "file": c.source_file} for c in campaigns]
+    states = _campaign_states(settings)
+    rows = [{"name": c.name, "status": states.get(c.name, "active"), "description": c.description,
+             "steps": len(c.steps), "version": c.version, "auto_on": c.enroll.auto_on, "file": c.source_file}
+            for c in campaigns]
     if as_json:
         print_json(rows)
     else:
@@ -269,12 +271,60 @@ def campaign_list(as_json: bool = JsonOpt) -> None:
         fail(f"{plural(len(broken), 'file')} invalid (run `nurture campaign validate {settings.campaigns_dir}`)")
 
 
+def _campaign_states(settings: Settings) -> dict[str, str]:
+    """Campaigns paused or stopped, from the store (none while there is no store yet)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from nurture import crud
+    from nurture.db import session_scope
+
+    if settings.db_url.startswith("sqlite:///") and not Path(settings.db_url.removeprefix("sqlite:///")).exists():
+        return {}
+    try:
+        with session_scope(settings.db_url) as session:
+            return {name: row.state for name, row in crud.campaign_controls(session=session).items()}
+    except SQLAlchemyError:  # a store at an older schema: `db upgrade` says so elsewhere
+        return {}
+
+
 def print_campaigns(rows: list[dict[str, Any]]) -> None:
-    table = table_of("name", "steps", "auto_on", "version", "file", "description", numeric=("steps",))
+    table = table_of("name", "status", "steps", "auto_on", "version", "file", "description", numeric=("steps",))
     for row in rows:
-        table.add_row(row["name"], str(row["steps"]), ", ".join(row["auto_on"]) or "-", row["version"],
+        table.add_row(row["name"], row["status"], str(row["steps"]), ", ".join(row["auto_on"]) or "-", row["version"],
                       row["file"], row["description"])
     out.print(table)
+
+
+def _control(name: str, action: str) -> None:
+    nurture = service()
+    report = run(lambda: nurture.control_campaign(name, action))
+    leads = plural(report.told, "lead")
+    said = {"paused": f"{leads} held where they are until `nurture campaign resume {name}`",
+            "active": f"{leads} told to go on where they were",
+            "stopped": f"{leads} left it (campaign stopped)"}[report.state]
+    word = {"paused": "paused", "active": "resumed", "stopped": "stopped"}[report.state]
+    again = "" if report.changed else f" (it already was {report.state}: its leads were told again)"
+    missing = f"; {plural(report.missing, 'lead')} had no running journey" if report.missing else ""
+    out.print(f"campaign {name} {word}{again}: {said}{missing}", markup=False, soft_wrap=True)
+    finish(0)
+
+
+@campaign_app.command("pause")
+def campaign_pause(name: str = typer.Argument(..., metavar="NAME", help="The campaign's name.")) -> None:
+    """Stop sending: the campaign's leads wait where they are and it takes no new leads."""
+    _control(name, "pause")
+
+
+@campaign_app.command("resume")
+def campaign_resume(name: str = typer.Argument(..., metavar="NAME", help="The campaign's name.")) -> None:
+    """Go on: each lead continues where it was (a wait already over sends now, in its window)."""
+    _control(name, "resume")
+
+
+@campaign_app.command("stop")
+def campaign_stop(name: str = typer.Argument(..., metavar="NAME", help="The campaign's name.")) -> None:
+    """End the campaign for every lead in it (exit reason `campaign stopped`); no new leads."""
+    _control(name, "stop")
 
 
 @campaign_app.command("show")
@@ -929,7 +979,7 @@ def email_preview(
 @email_app.command("test-send")
 def email_test_send(
     name: str = typer.Argument(..., help="The email: templates/email/NAME.html and NAME.txt."),
-    to: str = typer.Option(..., "--to", help="Who gets the proof: one of NURTURE_TEST_RECIPIENTS."),
+    to: str = typer.Option(..., "--to", help="Who gets the proof: a web app user or one of NURTURE_TEST_RECIPIENTS."),
     lead: Optional[Path] = LeadFileOpt,
     email: Optional[str] = LeadEmailOpt,
     campaign: Optional[str] = CampaignOpt,

@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from nurture import security
 from nurture.leadfields import check_attributes
 from nurture.models import (
-    CampaignEnrollment, Counter, Email, Event, Handoff, History, Lead, LeadStart, SignInFailure, StepVisit,
+    CampaignControl, CampaignEnrollment, Counter, Email, Event, Handoff, History, Lead, LeadStart, SignInFailure, StepVisit,
     Suppression, User, utcnow,
 )
 from nurture.vocabulary import suppressing_status
@@ -358,6 +358,34 @@ def suppress_now(*, session: Session, lead: Any, address: str | None, type_: str
 def lead_status(*, session: Session, key: str) -> str | None:
     """The lead's status column alone (None for an unknown key)."""
     return session.execute(select(Lead.status).where(Lead.key == key)).scalar_one_or_none()
+
+
+def campaign_control(*, session: Session, campaign: str) -> CampaignControl | None:
+    """The campaign's pause/stop state; None: never changed (active)."""
+    return session.get(CampaignControl, campaign)
+
+
+def campaign_controls(*, session: Session) -> dict[str, CampaignControl]:
+    return {row.campaign: row for row in session.exec(select(CampaignControl)).all()}
+
+
+def set_campaign_control(*, session: Session, campaign: str, state: str, by: str | None) -> CampaignControl:
+    """Record the campaign's new state with the next sequence number (one writer: the
+    service's pause/resume/stop; the row is locked for the read-and-bump)."""
+    row = session.exec(select(CampaignControl).where(col(CampaignControl.campaign) == campaign)
+                       .with_for_update()).first()
+    if row is None:
+        row = CampaignControl(campaign=campaign, state=state, seq=1, changed_at=utcnow(), changed_by=by)
+    else:
+        row.state, row.seq, row.changed_at, row.changed_by = state, row.seq + 1, utcnow(), by
+    session.add(row)
+    session.flush()
+    return row
+
+
+def keys_in_campaign(*, session: Session, campaign: str) -> Sequence[str]:
+    """Keys of the leads the store shows in the campaign now (a control change's fan-out)."""
+    return session.exec(select(Lead.key).where(col(Lead.campaign) == campaign).order_by(col(Lead.id))).all()
 
 
 def is_suppressed(*, session: Session, email_hash: str) -> str | None:

@@ -148,6 +148,10 @@ class LeadState:
     # An opt-in the store has not shown yet: only such a write may turn a stopped lead
     # row back to subscribed (see crud.apply_projection).
     opted_in: bool = False
+    # Campaign control (pause / resume / stop) as this lead last heard it: the newest
+    # change seen per campaign, and the campaigns paused now.
+    control_seq: dict[str, int] = field(default_factory=dict)
+    paused_campaigns: list[str] = field(default_factory=list)
 
 
 def is_event_type(name: str) -> bool:

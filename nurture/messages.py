@@ -76,6 +76,15 @@ class ForgetInput:
 
 
 @dataclass
+class ControlInput:
+    """A campaign paused, resumed (active) or stopped; `seq` orders the changes."""
+
+    campaign: str
+    state: str  # active | paused | stopped
+    seq: int
+
+
+@dataclass
 class RemoveInput:
     """`nurture remove EMAIL` or the lead page: leave the current campaign now."""
 

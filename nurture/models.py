@@ -258,6 +258,19 @@ class User(SQLModel, table=True):
     timezone: str | None = Field(default=None, max_length=64)  # their pages' times; None: UTC
 
 
+class CampaignControl(SQLModel, table=True):
+    """A marketer's pause, resume or stop of a campaign (contract section 8). The store
+    holds it so it outlives every process; `seq` orders the changes, so a lead applying
+    them in any order (signal, or the send activity's re-check) keeps the newest."""
+
+    __tablename__ = "campaign_control"
+    campaign: str = Field(primary_key=True, max_length=100)
+    state: str = Field(max_length=10)  # active | paused | stopped
+    seq: int = 0
+    changed_at: datetime = _ts(nullable=False)
+    changed_by: str | None = Field(default=None, max_length=254)
+
+
 class SignInFailure(SQLModel, table=True):
     """A failed sign-in, kept in the store so the throttle holds across API processes."""
 

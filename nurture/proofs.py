@@ -10,9 +10,9 @@ A test send is that email, `[TEST] ` before its subject, handed to the configure
 provider (SendGrid, else the local outbox) outside any journey: no email row, no
 history, no stats, no frequency cap. It names no lead to SendGrid, and its unsubscribe
 and preference links are signed for no lead (`PROOF_KEY`), so a tester who clicks them
-unsubscribes nobody. Only NURTURE_TEST_RECIPIENTS may receive one (web-app users will
-join them when users exist), at most TEST_SENDS_PER_MINUTE per installation, counted in
-the store so that every CLI process shares the limit.
+unsubscribes nobody. Only the web app's users and NURTURE_TEST_RECIPIENTS may receive
+one, at most TEST_SENDS_PER_MINUTE per installation, counted in the store so that every
+CLI process shares the limit.
 """
 
 from __future__ import annotations
@@ -212,7 +212,10 @@ def _allowed(settings: Settings, to: str) -> str:
             allowed.add(canonical_email(entry))
         except ValueError:
             continue  # a typo in the list allows nobody by that name
-    if address not in allowed:
-        raise UserError(f"--to: {address} may not receive test sends: list it in NURTURE_TEST_RECIPIENTS "
-                        "(comma-separated)")
-    return address
+    if address in allowed:
+        return address
+    with session_scope(settings.db_url) as session:
+        if crud.get_user(session=session, email=address) is not None:
+            return address  # a user of the web app (contract section 10)
+    raise UserError(f"--to: {address} may not receive test sends: it is no web app user (nurture user add) "
+                    "and not in NURTURE_TEST_RECIPIENTS (comma-separated)")

@@ -25,10 +25,12 @@ from nurture.leads import lead_document
 from nurture.models import Event, Lead, as_utc, utcnow
 from nurture.temporal import TemporalUnavailable, connect
 from nurture.vocabulary import SUPPRESSING_EVENTS, iso
+from nurture.wording import control_refusal
 
 if TYPE_CHECKING:
     from temporalio.client import Client
 
+    from nurture.control import ControlReport
     from nurture.journey import LeadEvent, LeadProfile
     from nurture.lastvalid import BrokenFile, ConfigFiles
     from workflows.lead import LeadResult
@@ -238,7 +240,15 @@ class Nurture:
             find_campaign(directory, name)
         except CampaignError as error:
             return campaign_refusal(name, error)
-        return None
+        with self.session() as session:
+            control = crud.campaign_control(session=session, campaign=name)
+        return control_refusal(name, control.state) if control is not None and control.state != "active" else None
+
+    async def control_campaign(self, name: str, action: str, *, by: str | None = None) -> ControlReport:
+        """`nurture campaign pause|resume|stop NAME` (see nurture.control)."""
+        from nurture import control
+
+        return await control.change(self, name, action, by=by)
 
     async def record_event(self, email: str, type_: str, *, at: datetime | None = None,
                            event_id: str | None = None, **fields: Any) -> LeadResult:

@@ -110,7 +110,11 @@ def per_day_document(days: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- reading
 
 
-CAMPAIGN_STATUS = "active"  # a valid campaign file is in force: it enrolls and sends
+def status_of(session: Session, names: Sequence[str]) -> dict[str, str]:
+    """active (a valid file in force: it enrolls and sends), or paused / stopped by a
+    marketer (`nurture campaign pause|stop`)."""
+    controls = crud.campaign_controls(session=session)
+    return {name: controls[name].state if name in controls else "active" for name in names}
 
 
 def read_totals(session: Session, campaigns: Sequence[Campaign], since: datetime | None) -> dict[str, Totals]:
@@ -129,7 +133,8 @@ def read_totals(session: Session, campaigns: Sequence[Campaign], since: datetime
 def overview(session: Session, campaigns: Sequence[Campaign], since: datetime | None) -> list[dict[str, Any]]:
     """The head of every campaign's stats document (`GET /v1/campaigns`, the `/` page)."""
     totals = read_totals(session, campaigns, since)
-    return [{**totals_document(c, totals[c.name], CAMPAIGN_STATUS), "steps": len(c.steps)} for c in campaigns]
+    status = status_of(session, [c.name for c in campaigns])
+    return [{**totals_document(c, totals[c.name], status[c.name]), "steps": len(c.steps)} for c in campaigns]
 
 
 def campaign_stats(session: Session, campaign: Campaign, since: datetime | None) -> dict[str, Any]:
@@ -139,7 +144,7 @@ def campaign_stats(session: Session, campaign: Campaign, since: datetime | None)
     emails = stats_store.email_counts(session=session, campaign=campaign.name, since=since)
     versions = stats_store.enrollment_versions(session=session, campaign=campaign.name)
     return {
-        **totals_document(campaign, totals, CAMPAIGN_STATUS),
+        **totals_document(campaign, totals, status_of(session, [campaign.name])[campaign.name]),
         "since": as_utc(since).isoformat() if since else None,
         "versions": [{"version": version, "enrolled": count, "first_enrolled_at": as_utc(first).isoformat(),
                       "last_enrolled_at": as_utc(last).isoformat()} for version, count, first, last in versions],

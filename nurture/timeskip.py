@@ -8,12 +8,14 @@ this one module: the rest of nurture only sees `SimulatedTime.client`,
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import TimeSkipper, TimeSkippingConfig
 
@@ -25,6 +27,9 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+SETTLE_SECONDS = 10.0  # wall time a fast-forward waits at most for the worker to catch up
 
 
 class SimulatedTime:
@@ -52,9 +57,36 @@ class SimulatedTime:
             raise
         return cls(server, client)
 
-    async def fast_forward(self, handle: WorkflowHandle[Any, Any], duration: timedelta) -> None:
-        """Move this workflow's clock by `duration`, firing its timers on the way."""
+    async def fast_forward(self, handle: WorkflowHandle[Any, Any], duration: timedelta, *,
+                           settle: float = SETTLE_SECONDS) -> None:
+        """Move this workflow's clock by `duration`, firing its timers on the way, then wait
+        (up to `settle` seconds of wall time) until the worker has acted on what fired.
+
+        The fast-forward returns as soon as the server moved the clock. A caller that
+        then reads the store and moves the clock again could outrun a busy worker: on a
+        loaded machine a test's fourteen simulated days went by in half a second while
+        the timer of day two still waited for its workflow task."""
         await self._skipper.fast_forward(handle, duration)
+        if settle > 0:
+            await self.settle(handle, settle)
+
+    async def settle(self, handle: WorkflowHandle[Any, Any], timeout: float) -> bool:
+        """Wait until the workflow has no workflow task pending and no activity running or
+        waiting for its first attempt (a retry's backoff waits for simulated time, so it
+        does not count). False if it is still busy after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            described = (await handle.describe()).raw_description
+            busy = described.HasField("pending_workflow_task") or any(
+                activity.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+                or (activity.state == PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED and activity.attempt <= 1)
+                for activity in described.pending_activities)
+            if not busy:
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
 
     async def now(self, handle: WorkflowHandle[Any, Any]) -> datetime:
         return await self._skipper.get_current_time(handle)

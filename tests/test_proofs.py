@@ -123,3 +123,15 @@ async def test_a_test_send_in_outbox_mode_is_listed_by_outbox_as_a_test(cli, sta
     assert row["campaign"] is None and row["step"] is None and row["sent_at"].endswith("Z")
     with stack.session() as session:
         assert crud.list_outbox(session=session) == []  # no email row
+
+
+async def test_a_web_app_user_may_receive_test_sends_without_being_listed(cli, stack):
+    """Contract 10: a test send goes to users of the web app or to NURTURE_TEST_RECIPIENTS."""
+    from tests.test_web import add_user
+
+    add_user(stack, "mia@acme.example", "marketer")
+    sent = await cli("email", "test-send", "welcome", "--to", "Mia@Acme.example")
+    assert sent.returncode == 0, sent.stderr
+    assert "test send to Mia@Acme.example" in sent.stdout
+    stranger = await cli("email", "test-send", "welcome", "--to", "max@acme.example")
+    assert stranger.returncode == 1 and "it is no web app user" in one_error_line(stranger)

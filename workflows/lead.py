@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from nurture.journey import Enrollment, LeadProfile, LeadState
     from nurture.messages import (
         BantInput,
+        ControlInput,
         EnrollRequest,
         EventsInput,
         ForgetInput,
@@ -55,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 LOCAL = timedelta(seconds=30)
+PAUSED = "campaign paused"  # what `lead show` says a lead in a paused campaign waits for
 WEBHOOK_DEADLINE = timedelta(days=3)
 # Sending: 429/5xx and network errors retry with backoff for up to a day; a refusal
 # (4xx) or a template error is non-retryable and surfaces at once.
@@ -176,6 +178,9 @@ class LeadWorkflow:
             if reason is not None:
                 await self._end_campaign(reason)
                 return
+            if enrollment.campaign.name in self.s.paused_campaigns:
+                await self._wait_while_paused(enrollment)
+                continue
             step = steps[enrollment.step_index]
             if enrollment.step_started_at is None:
                 enrollment.step_started_at = workflow.now()
@@ -192,6 +197,20 @@ class LeadWorkflow:
                 enrollment.step_started_at = None
                 enrollment.deadline = None
                 enrollment.waiting_for = None
+                journey.touch(self.s)
+
+    async def _wait_while_paused(self, enrollment: Enrollment) -> None:
+        """Hold the lead where it is until the campaign is resumed (or it leaves). A wait
+        that ran out meanwhile goes on at once; a send still keeps its window and cap."""
+        async with self.lock:
+            waiting_for, enrollment.waiting_for = enrollment.waiting_for, PAUSED
+            journey.touch(self.s)
+        await workflow.wait_condition(lambda: enrollment.campaign.name not in self.s.paused_campaigns
+                                      or self.s.enrollment is not enrollment or self.forgotten or self._continue_now()
+                                      or self._exit_reason(enrollment) is not None)
+        async with self.lock:
+            if enrollment.waiting_for == PAUSED:
+                enrollment.waiting_for = waiting_for
                 journey.touch(self.s)
 
     def _note_step_reached(self, enrollment: Enrollment, step: Any) -> None:
@@ -220,6 +239,10 @@ class LeadWorkflow:
             lead_key=self.s.key, to=self.s.profile.email, profile=self.s.profile.record(), owner=self.s.owner,
             **email,
         ))
+        if result.status == "held":  # paused or stopped before this lead heard of it
+            async with self.lock:
+                self._apply_control(ControlInput(campaign.name, result.control or "paused", result.control_seq))
+            return None
         async with self.lock:
             if result.status == "sent":
                 self.s.marketing_sent_at.append(workflow.now())
@@ -312,7 +335,7 @@ class LeadWorkflow:
         return False
 
     def _interrupted(self, enrollment: Enrollment) -> bool:
-        return (self.s.enrollment is not enrollment or self.forgotten
+        return (self.s.enrollment is not enrollment or self.forgotten or enrollment.campaign.name in self.s.paused_campaigns
                 or self._exit_reason(enrollment) is not None or self._continue_now())
 
     def _exit_reason(self, enrollment: Enrollment) -> str | None:
@@ -511,6 +534,35 @@ class LeadWorkflow:
             await self._sync()
             self.forgotten = True
             return LeadResult({"key": self.s.key, "status": "forgotten"})
+
+    @workflow.signal
+    async def campaign_control(self, inp: ControlInput) -> None:
+        """A marketer paused, resumed or stopped a campaign (nurture.control)."""
+        await workflow.wait_condition(lambda: self.ready)
+        async with self.lock:
+            self._apply_control(inp)
+
+    def _apply_control(self, inp: ControlInput) -> None:
+        """Keep the newest state per campaign; the current enrollment pauses, goes on, or
+        leaves with `campaign stopped`. Caller holds the lock."""
+        if inp.seq <= self.s.control_seq.get(inp.campaign, 0):
+            return  # an older change, heard late
+        self.s.control_seq[inp.campaign] = inp.seq
+        paused = self.s.paused_campaigns
+        if inp.state == "paused" and inp.campaign not in paused:
+            paused.append(inp.campaign)
+        elif inp.state != "paused" and inp.campaign in paused:
+            paused.remove(inp.campaign)
+        journey.touch(self.s)
+        enrollment = self.s.enrollment
+        if enrollment is None or enrollment.campaign.name != inp.campaign:
+            return
+        if inp.state == "stopped":
+            self._leave(enrollment, "campaign stopped")
+        else:
+            word = "paused" if inp.state == "paused" else "resumed"
+            journey.note(self.s, workflow.now(), "note", f"campaign {inp.campaign} {word}",
+                         detail={"campaign": inp.campaign, "step": enrollment.step_id})
 
     @workflow.update
     async def remove(self, inp: RemoveInput) -> LeadResult:

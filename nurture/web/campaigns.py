@@ -8,6 +8,7 @@ enrollments begun, steps reached and emails sent in that window.
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote
 from datetime import datetime, timedelta, timezone
 
 from fastapi import APIRouter, Request
@@ -18,7 +19,9 @@ from nurture.campaign import CampaignError, UnknownCampaignError
 from nurture.config import Settings
 from nurture.stats_store import CONVERSION_STAGES
 from nurture.web import journey_svg
-from nurture.web.auth import current_user, refuse
+from nurture.service import Nurture, UserError
+from nurture.temporal import TemporalUnavailable
+from nurture.web.auth import current_user, read_form, refuse
 from nurture.web.render import message, page
 
 router = APIRouter()
@@ -63,16 +66,48 @@ async def overview(request: Request, range: str | None = None) -> Response:  # n
 @router.get("/campaigns/{name}", response_class=HTMLResponse)
 async def campaign_page(name: str, request: Request, range: str | None = None) -> Response:  # noqa: A002
     """The journey as a graph with each step's numbers, the A/B tables, sends and clicks per day."""
+    return await _campaign_page(request, name, range)
+
+
+async def _campaign_page(request: Request, name: str, range_: str | None = None, status: int = 200,
+                         errors: dict[str, str] | None = None) -> Response:
     if current_user(request).role == "sales":
         return refuse(request, "Sales reps see the leads handed to them in their inbox.")
     settings: Settings = request.app.state.settings
-    chosen, since = since_of(range)
+    chosen, since = since_of(range_)
     try:
         campaign, document = await asyncio.to_thread(stats.stats_of, settings, name, since)
     except UnknownCampaignError:
         return message(request, 404, "No such campaign", f"There is no campaign named '{name}'.")
     except CampaignError as problem:
         return message(request, 409, "Campaign file invalid", str(problem).splitlines()[0])
-    return page(request, "campaign.html", title=campaign.name, stats=document, description=campaign.description,
-                graph=journey_svg.journey_graph(campaign, document), daily=journey_svg.daily_chart(document["per_day"]),
-                columns=STEP_COLUMNS, rate_of=RATE_OF, **_context(chosen, since))
+    return page(request, "campaign.html", status, title=campaign.name, stats=document,
+                description=campaign.description, graph=journey_svg.journey_graph(campaign, document),
+                daily=journey_svg.daily_chart(document["per_day"]), columns=STEP_COLUMNS, rate_of=RATE_OF,
+                can_control=current_user(request).can_act_on_leads, notice=NOTICES.get(request.query_params.get("done", "")),
+                errors=errors or {}, **_context(chosen, since))
+
+
+NOTICES = {"pause": "Paused: nothing is sent; its leads wait where they are.",
+           "resume": "Resumed: each lead goes on where it was.",
+           "stop": "Stopped: every lead left the campaign."}
+
+
+@router.post("/campaigns/{name}/{action}")
+async def campaign_control(name: str, action: str, request: Request) -> Response:
+    """Pause, resume or stop, as `nurture campaign pause|resume|stop NAME` (marketers, admins)."""
+    if action not in NOTICES:
+        return message(request, 404, "Not found", "There is no such page.")
+    if not current_user(request).can_act_on_leads:
+        return refuse(request, "Only marketers and admins pause, resume or stop campaigns.")
+    if action == "stop" and (await read_form(request)).get("confirm") != "stop":
+        return await _campaign_page(request, name, status=400,
+                                    errors={"stop": "Tick the box to confirm: every lead leaves the campaign."})
+    nurture: Nurture = request.app.state.nurture
+    try:
+        await nurture.control_campaign(name, action, by=current_user(request).email)
+    except UserError as error:
+        return message(request, 409, "Not changed", str(error))
+    except TemporalUnavailable as error:
+        return message(request, 503, "Not every lead was told", str(error))
+    return RedirectResponse(f"/campaigns/{quote(name, safe='')}?done={action}", status_code=303)
