@@ -228,6 +228,10 @@ def test_import_when_temporal_goes_away_ends_in_one_line_exit_3(tmp_path):
     env = {**os.environ, "NURTURE_HOME": str(tmp_path), "NURTURE_TEMPORAL_ADDRESS": server.address,
            "NURTURE_CAMPAIGNS_DIR": str(ROOT / "campaigns"), "NURTURE_TEMPLATES_DIR": str(ROOT / "templates" / "email"),
            "NURTURE_SECRET": "cli-test-secret", "NURTURE_UPDATE_TIMEOUT": "20"}
+    # Migrated first: the worker migrates at start, and an import that read the store
+    # mid-migration (a loaded machine) rightly refused it as being at an older revision.
+    assert subprocess.run([sys.executable, "-m", "nurture.cli", "db", "upgrade"], env=env, cwd=str(ROOT),
+                          capture_output=True, timeout=120).returncode == 0
     worker = subprocess.Popen([sys.executable, "-m", "nurture.cli", "worker"], env=env, cwd=str(ROOT),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

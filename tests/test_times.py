@@ -49,7 +49,7 @@ def test_lead_show_prints_the_lead_times_in_its_zone_with_numbers_under_their_he
                         {"at": "2027-03-27T11:30:00Z", "kind": "score", "delta": 100, "reason": "quote_request",
                          "score": 105}]}
     lines = rendered(lead)
-    assert "waiting for send window until 2027-03-29 03:00 America/New_York" in "\n".join(lines)
+    assert "its email waits for the send window until 2027-03-29 03:00 America/New_York" in "\n".join(lines)
     header = next(line for line in lines if "at (America/New_York)" in line)
     rows = [line for line in lines if "2027-03-27" in line]
     assert [row.split("│")[1].strip() for row in rows] == ["2027-03-27 06:00", "2027-03-27 07:30"]
