@@ -604,9 +604,25 @@ class Scoring(_Strict):
         return value
 
 
+class MqlNotify(_Strict):
+    """`qualify.mql.notify`: who hears of a new MQL before it becomes an SQL."""
+
+    template: str = "mql_alert"
+    to: list[EmailAddress] = []  # `owner` (written so, or left out): the lead's owner
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _owner_or_addresses(cls, value: Any) -> Any:
+        # [] is how `owner` is stored (and travels to the workflow): it must load again.
+        if value == "owner":
+            return []
+        return [value] if isinstance(value, str) else value
+
+
 class MqlRule(_Strict):
     score: int = Field(default=50, ge=1)
     min_grade: Literal["A", "B", "C", "D", "F"] = "C"
+    notify: MqlNotify | None = None
 
 
 class SqlRule(_Strict):
@@ -1449,7 +1465,13 @@ def _funnel_template_problems(source: _Source, funnel: Funnel | None, templates_
     address = funnel.sender.address if funnel else None
     # Mail to the sales owner, not marketing: no unsubscribe link, no postal address required.
     sender = sender_context("nurture <nurture@localhost>", None, address)
-    return _template_problems(source, ("handoff", "notify", "template"), name, templates_dir, sender, marketing=False)
+    problems = _template_problems(source, ("handoff", "notify", "template"), name, templates_dir, sender,
+                                  marketing=False)
+    alert = funnel.qualify.mql.notify if funnel else None
+    if alert is not None:  # internal mail too: to marketing, about the lead
+        problems += _template_problems(source, ("qualify", "mql", "notify", "template"), alert.template,
+                                       templates_dir, sender, marketing=False)
+    return problems
 
 
 # ---------------------------------------------------------------- one file

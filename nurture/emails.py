@@ -443,6 +443,16 @@ _SAMPLE: dict[str, Any] = {
             {"type": "webinar_attended", "at": "2025-06-10T16:00:00+00:00"},
         ],
     },
+    "mql": {
+        "score": 57,
+        "grade": "B",
+        "temperature": "hot",
+        "reasons": ["lead -> mql: score 57 >= 50 and grade B >= C"],
+        "events": [
+            {"type": "content_download", "at": "2025-06-03T10:02:00+00:00", "points": 15},
+            {"type": "page_view", "at": "2025-06-05T14:22:00+00:00", "points": 15},
+        ],
+    },
 }
 
 
@@ -455,7 +465,9 @@ def sample_context() -> dict[str, Any]:
     `address` (the postal address marketing email shows); `handoff_url` (for `sales_handoff`:
     the rep's signed link to the handoff's page) and `handoff`: `id`, `kind`
     (new, reminder, reassigned or taken-away), `score`, `grade`, `bant`, `reasons`
-    (strings) and `events` ({type, at}).
+    (strings) and `events` ({type, at}); `mql` (for the MQL alert of
+    `qualify.mql.notify`): `score`, `grade`, `temperature`, `reasons`, `events` ({type, at,
+    points}).
     """
     return copy.deepcopy(_SAMPLE)
 

@@ -152,6 +152,7 @@ class LeadState:
     # change seen per campaign, and the campaigns paused now.
     control_seq: dict[str, int] = field(default_factory=dict)
     paused_campaigns: list[str] = field(default_factory=list)
+    mql_alerts: int = 0  # MQL alerts sent (qualify.mql.notify): names each one's emails
 
 
 def is_event_type(name: str) -> bool:

@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
         SyncLeadInput,
     )
     from nurture import journey, rules, when
-    from nurture.campaign import Campaign, Funnel, format_duration
+    from nurture.campaign import Campaign, Funnel, MqlNotify, format_duration
     from nurture.journey import Enrollment, LeadProfile, LeadState
     from nurture.messages import (
         BantInput,
@@ -691,6 +691,27 @@ class LeadWorkflow:
         moved = journey.qualify(self.s, funnel, workflow.now())
         if moved == "sql":
             await self._open_handoff(funnel)
+        elif moved == "mql" and funnel.qualify.mql.notify is not None:
+            await self._alert_mql(funnel.qualify.mql.notify)
+
+    async def _alert_mql(self, notify: MqlNotify) -> None:
+        """Tell marketing (the addresses of `qualify.mql.notify.to`, or the lead's owner) of
+        a new MQL, before it becomes an SQL; internal mail, not marketing."""
+        self.s.mql_alerts += 1
+        recipients = list(notify.to) or [self.s.owner]
+        if not any(recipients):
+            journey.note(self.s, workflow.now(), "note", "MQL alert not sent: the lead has no owner yet "
+                                                         "(qualify.mql.notify.to: owner)")
+            return
+        snapshot = self._snapshot()
+        context = {key: snapshot[key] for key in ("score", "grade", "temperature", "reasons", "events")}
+        for to in filter(None, recipients):
+            result = await self._send(SendEmailInput(
+                send_id=journey.send_id(self.s.key, "mql-alert", self.s.mql_alerts, to), lead_key=self.s.key, to=to,
+                template=notify.template, profile=self.s.profile.record(), sender=self.sales_sender,
+                marketing=False, owner=self.s.owner, extra={"mql": context},
+            ))
+            self._note_email(notify.template, result, {"to": to, "kind": "mql alert"})
 
     async def _open_handoff(self, funnel: Funnel, *, reassign_from: str | None = None) -> None:
         rules_ = funnel.handoff
