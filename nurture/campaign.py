@@ -527,6 +527,8 @@ class Campaign(_Strict):
     send_window: SendWindow | None = None
     frequency_cap: FrequencyCap | None = None
     exit_when: list[Condition] = []
+    # Conversions this campaign is for: a lead that meets one leaves with `goal reached`.
+    goal: list[Condition] = []
     steps: list[_TaggedStep] = Field(min_length=1)
     # Filled by the loader: a hash of the file's text, so running leads keep theirs.
     version: str = ""
@@ -1335,6 +1337,8 @@ def _campaign_problems(source: _Source) -> list[Problem]:
     exit_when = source.get("exit_when")
     conditions = [("steps", i, "if") for i in range(len(steps))]
     conditions += [("exit_when", i) for i in range(len(exit_when) if isinstance(exit_when, list) else 0)]
+    goal = source.get("goal")
+    conditions += [("goal", i) for i in range(len(goal) if isinstance(goal, list) else 0)]
     return [
         *_loader_field_problems(source),
         *_step_problems(source, steps),

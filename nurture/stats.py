@@ -44,8 +44,10 @@ def totals_document(campaign: Campaign, totals: Totals, status: str) -> dict[str
     """The head of the stats document: what the overview shows per campaign."""
     enrolled = sum(totals.ends.values())
     exited = {reason: count for reason, count in sorted(totals.ends.items(), key=lambda item: (-item[1], item[0] or ""))
-              if reason not in (None, "completed")}
+              if reason not in (None, "completed")}  # `goal reached` is among them, and a conversion too
     conversions = {stage: totals.conversions.get(stage, 0) for stage in stats_store.CONVERSION_STAGES}
+    if campaign.goal:  # the campaign's own conversion: enrollments that left with `goal reached`
+        conversions["goal"] = totals.ends.get("goal reached", 0)
     return {
         "campaign": campaign.name, "status": status, "version": campaign.version,
         "enrolled": enrolled, "active": totals.ends.get(None, 0), "completed": totals.ends.get("completed", 0),

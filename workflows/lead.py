@@ -56,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 LOCAL = timedelta(seconds=30)
+GOAL_REACHED = "goal reached"  # the exit reason the campaign stats count as a conversion
 PAUSED = "campaign paused"  # what `lead show` says a lead in a paused campaign waits for
 WEBHOOK_DEADLINE = timedelta(days=3)
 # Sending: 429/5xx and network errors retry with backoff for up to a day; a refusal
@@ -342,8 +343,10 @@ class LeadWorkflow:
         blocked = journey.marketing_allowed(self.s)
         if blocked:
             return blocked
-        if enrollment.campaign.exit_when and rules.any_condition(
-                enrollment.campaign.exit_when, journey.lead_view(self.s, self._funnel())):
+        campaign = enrollment.campaign
+        if campaign.goal and rules.any_condition(campaign.goal, journey.lead_view(self.s, self._funnel())):
+            return GOAL_REACHED
+        if campaign.exit_when and rules.any_condition(campaign.exit_when, journey.lead_view(self.s, self._funnel())):
             return "exit_when condition met"
         return None
 
