@@ -51,16 +51,20 @@ class LoadCampaignInput:
 
 @dataclass
 class PickCampaignInput:
-    trigger: str  # created | recycled
+    trigger: str  # created | recycled | event
     profile: dict[str, Any]
     stage: str
     finished: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)  # trigger event: the new events, in order
+    entered: dict[str, datetime] = field(default_factory=dict)  # campaign -> last enrollment start
+    now: datetime | None = None  # the workflow's time, for `reenroll: {every: ...}`
 
 
 @dataclass
 class PickCampaignResult:
     campaign: Campaign | None = None
     unusable: list[str] = field(default_factory=list)  # broken campaign files with no valid version
+    event: dict[str, Any] | None = None  # trigger event: the event that took the lead in
 
 
 @dataclass
@@ -141,14 +145,20 @@ class StoreActivities:
     @activity.defn
     def load_start(self, inp: LoadStartInput) -> StartConfig:
         return StartConfig(self.load_funnel(LoadFunnelInput()),
-                           [c for c in self._taking_leads() if inp.trigger in c.enroll.auto_on],
+                           [c for c in self._taking_leads() if c.enroll.triggers_on(inp.trigger)],
                            unusable=self.config.unusable_campaign_files())
 
     @activity.defn
     def pick_campaign(self, inp: PickCampaignInput) -> PickCampaignResult:
-        """The campaign a lead enters automatically: highest priority, then name."""
-        return PickCampaignResult(rules.pick_campaign(self._taking_leads(), inp.trigger, inp.profile, inp.stage,
-                                                      inp.finished), unusable=self.config.unusable_campaign_files())
+        """The campaign a lead enters automatically: highest priority, then name (for
+        events: for the first event that takes it into one)."""
+        campaigns, unusable = self._taking_leads(), self.config.unusable_campaign_files()
+        for event in inp.events if inp.trigger == "event" else [None]:
+            picked = rules.pick_campaign(campaigns, inp.trigger, inp.profile, inp.stage, inp.finished, event=event,
+                                         entered=inp.entered, now=inp.now)
+            if picked is not None:
+                return PickCampaignResult(picked, unusable=unusable, event=event)
+        return PickCampaignResult(None, unusable=unusable)
 
     def _taking_leads(self) -> list[Campaign]:
         """The campaigns automatic enrollment may pick: not paused or stopped by a marketer."""

@@ -348,12 +348,53 @@ class FunnelSender(_Strict):
     address: PostalAddress = None
 
 
+class EventTrigger(_Strict):
+    """`auto_on: [{event: webinar_registered, where: {event: spring-webinar}}]`: the lead
+    enters when such an event arrives (API, webhook, import); `where` is on the event's
+    fields (url, asset, form, event, campaign, step)."""
+
+    event: EventName
+    where: Where | None = None
+
+
+class ReenrollEvery(_Strict):
+    """`reenroll: {every: 30d}`: again once it has left, and that long after it last entered."""
+
+    every: Duration
+
+
+def _trigger_kind(value: Any) -> str:
+    return "event" if isinstance(value, (dict, EventTrigger)) else "name"
+
+
+# A trigger's name, or an event trigger: tagged, so a typo gets one error of its own kind.
+Trigger = Annotated[
+    Union[Annotated[Literal["created", "recycled"], Tag("name")], Annotated[EventTrigger, Tag("event")]],
+    Discriminator(_trigger_kind),
+]
+
+
+Reenroll = Annotated[
+    Union[Annotated[Literal["never", "after_exit", "always"], Tag("name")], Annotated[ReenrollEvery, Tag("event")]],
+    Discriminator(lambda value: "event" if isinstance(value, (dict, ReenrollEvery)) else "name"),
+]
+
+
 class Enroll(_Strict):
     stages: list[Stage] = ["lead"]
     where: Where | None = None
-    auto_on: list[Literal["created", "recycled"]] = []
+    auto_on: list[Trigger] = []
     priority: int = 0
-    reenroll: Literal["never", "after_exit"] = "never"
+    # never: once per lead; after_exit: again once it has left; always: on every trigger,
+    # even while in it (the journey in it starts over); {every: 30d}: see ReenrollEvery.
+    reenroll: Reenroll = "never"
+
+    def triggers_on(self, trigger: str) -> bool:
+        """It takes leads on `trigger` (`created`, `recycled`)."""
+        return trigger in self.auto_on
+
+    def event_triggers(self) -> list[EventTrigger]:
+        return [trigger for trigger in self.auto_on if isinstance(trigger, EventTrigger)]
 
 
 class SendWindow(_Strict):
@@ -1333,6 +1374,9 @@ def _campaign_problems(source: _Source) -> list[Problem]:
     steps = steps if isinstance(steps, list) else []
     events = [(("steps", i, "wait_for", "event"), source.get("steps", i, "wait_for", "event")) for i in range(len(steps))]
     events += [(("steps", i, "if", "event"), source.get("steps", i, "if", "event")) for i in range(len(steps))]
+    triggers = source.get("enroll", "auto_on")
+    events += [(("enroll", "auto_on", i, "event"), source.get("enroll", "auto_on", i, "event"))
+               for i in range(len(triggers) if isinstance(triggers, list) else 0)]
     durations = [("frequency_cap", "per")] + [("steps", i, key) for i in range(len(steps)) for key in ("wait", "timeout")]
     exit_when = source.get("exit_when")
     conditions = [("steps", i, "if") for i in range(len(steps))]

@@ -258,7 +258,8 @@ def campaign_list(as_json: bool = JsonOpt) -> None:
     campaigns = config.campaigns()
     states = _campaign_states(settings)
     rows = [{"name": c.name, "status": states.get(c.name, "active"), "description": c.description,
-             "steps": len(c.steps), "version": c.version, "auto_on": c.enroll.auto_on, "file": c.source_file}
+             "steps": len(c.steps), "version": c.version, "auto_on": [_trigger_name(t) for t in c.enroll.auto_on],
+             "file": c.source_file}
             for c in campaigns]
     if as_json:
         print_json(rows)
@@ -269,6 +270,11 @@ def campaign_list(as_json: bool = JsonOpt) -> None:
         err.print(f"error: {file.line()}", markup=False, soft_wrap=True)
     if broken:
         fail(f"{plural(len(broken), 'file')} invalid (run `nurture campaign validate {settings.campaigns_dir}`)")
+
+
+def _trigger_name(trigger: Any) -> str:
+    """`created`, `recycled`, or `event TYPE` (its `where` in the campaign file)."""
+    return trigger if isinstance(trigger, str) else f"event {trigger.event}"
 
 
 def _campaign_states(settings: Settings) -> dict[str, str]:

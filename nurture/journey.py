@@ -153,6 +153,7 @@ class LeadState:
     control_seq: dict[str, int] = field(default_factory=dict)
     paused_campaigns: list[str] = field(default_factory=list)
     mql_alerts: int = 0  # MQL alerts sent (qualify.mql.notify): names each one's emails
+    entered_at: dict[str, datetime] = field(default_factory=dict)  # campaign -> its last enrollment's start
 
 
 def is_event_type(name: str) -> bool:
@@ -517,7 +518,8 @@ def event_seen_since(enrollment: Enrollment, event_type: str, step: str | None, 
     return False
 
 
-def enroll_refusal(state: LeadState, funnel: Funnel, campaign: Campaign, *, switch: bool) -> str | None:
+def enroll_refusal(state: LeadState, funnel: Funnel, campaign: Campaign, *, switch: bool,
+                   now: datetime | None = None) -> str | None:
     """Why this lead may not enter this campaign now, or None."""
     if state.enrollment is not None and not switch:
         return f"already in campaign '{state.enrollment.campaign.name}' (use --switch to move it)"
@@ -528,9 +530,7 @@ def enroll_refusal(state: LeadState, funnel: Funnel, campaign: Campaign, *, swit
         return f"stage '{state.stage}' is not in enroll.stages {campaign.enroll.stages}"
     if not rules.match_where(campaign.enroll.where, state.profile.record()):
         return "lead does not match enroll.where"
-    if campaign.enroll.reenroll == "never" and campaign.name in state.finished_campaigns:
-        return f"lead was already in '{campaign.name}' and reenroll is 'never'"
-    return None
+    return rules.reentry_refusal(campaign, state.finished_campaigns, state.entered_at, now)
 
 
 # ---------------------------------------------------------------- outputs

@@ -21,7 +21,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from nurture.campaign import DAYS, Campaign, Condition, EventRule, FitRule, FrequencyCap, Qualify, Scoring, SendWindow
+from nurture.campaign import DAYS, Campaign, format_duration, Condition, EventRule, FitRule, FrequencyCap, Qualify, Scoring, SendWindow
 
 GRADES = ("A", "B", "C", "D", "F")  # best to worst
 STAGES = ("visitor", "lead", "mql", "sql", "opportunity", "customer")  # funnel order
@@ -51,14 +51,41 @@ def match_where(where: Mapping[str, Any] | None, record: Mapping[str, Any]) -> b
 
 
 def pick_campaign(campaigns: Sequence[Campaign], trigger: str, profile: Mapping[str, Any], stage: str,
-                  finished: Sequence[str]) -> Campaign | None:
-    """The campaign a lead enters automatically on `trigger`: highest priority, then name."""
+                  finished: Sequence[str], *, event: Mapping[str, Any] | None = None,
+                  entered: Mapping[str, datetime] | None = None, now: datetime | None = None) -> Campaign | None:
+    """The campaign a lead enters automatically on `trigger` (`created`, `recycled`, or
+    `event` with the event's fields): highest priority, then name; re-entry rules apply."""
     matching = [
         c for c in campaigns
-        if trigger in c.enroll.auto_on and stage in c.enroll.stages and match_where(c.enroll.where, profile)
-        and not (c.enroll.reenroll == "never" and c.name in finished)
+        if triggered(c, trigger, event) and stage in c.enroll.stages and match_where(c.enroll.where, profile)
+        and reentry_refusal(c, finished, entered or {}, now) is None
     ]
     return min(matching, key=lambda c: (-c.enroll.priority, c.name), default=None)
+
+
+def triggered(campaign: Campaign, trigger: str, event: Mapping[str, Any] | None) -> bool:
+    """The campaign takes leads on this trigger: by name, or an event trigger of its type
+    whose `where` holds for the event's fields."""
+    if trigger != "event":
+        return campaign.enroll.triggers_on(trigger)
+    return event is not None and any(
+        t.event == event.get("type") and match_where(t.where, event) for t in campaign.enroll.event_triggers())
+
+
+def reentry_refusal(campaign: Campaign, finished: Sequence[str], entered: Mapping[str, datetime],
+                    now: datetime | None) -> str | None:
+    """Why the campaign's `reenroll` rule keeps out a lead that is not in it now, or None."""
+    rule = campaign.enroll.reenroll
+    if campaign.name not in finished or rule in ("after_exit", "always"):
+        return None
+    if rule == "never":
+        return f"lead was already in '{campaign.name}' and reenroll is 'never'"
+    last = entered.get(campaign.name)  # None: entered before this was recorded, long ago
+    if last is not None and now is not None and now - last < rule.every:
+        every = format_duration(rule.every)
+        return (f"lead entered '{campaign.name}' less than {every} ago (reenroll every {every}): "
+                f"not before {last + rule.every:%Y-%m-%d %H:%M} UTC")
+    return None
 
 
 def _lookup(record: Mapping[str, Any], field: str) -> Any:

@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from nurture import journey, rules, when
     from nurture.campaign import Campaign, Funnel, MqlNotify, format_duration
-    from nurture.journey import Enrollment, LeadProfile, LeadState
+    from nurture.journey import Enrollment, LeadEvent, LeadProfile, LeadState
     from nurture.messages import (
         BantInput,
         ControlInput,
@@ -56,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 LOCAL = timedelta(seconds=30)
+EVENT_TRIGGERS = "event-triggered-enrollment"  # patch: events may enroll (auto_on events)
 GOAL_REACHED = "goal reached"  # the exit reason the campaign stats count as a conversion
 PAUSED = "campaign paused"  # what `lead show` says a lead in a paused campaign waits for
 WEBHOOK_DEADLINE = timedelta(days=3)
@@ -438,10 +439,46 @@ class LeadWorkflow:
             return
         async with self.lock:
             funnel = await self._load_funnel()
-            for event in inp.events:
-                journey.apply_event(self.s, funnel, event, workflow.now(), status_rules=_status_rules(event))
+            new = [event for event in inp.events
+                   if journey.apply_event(self.s, funnel, event, workflow.now(), status_rules=_status_rules(event))]
             await self._settle(funnel)
+            if new and workflow.patched(EVENT_TRIGGERS):
+                await self._enroll_on_events(new)
 
+    async def _enroll_on_events(self, events: list[LeadEvent]) -> None:
+        """`auto_on` event triggers: a lead in no campaign enters the first one an event
+        takes it into; a lead in a `reenroll: always` campaign that such an event triggers
+        starts that journey over. Caller holds the lock."""
+        if self.forgotten or journey.marketing_allowed(self.s):
+            return
+        current = self.s.enrollment
+        if current is not None:
+            campaign = current.campaign
+            if campaign.enroll.reenroll == "always" and any(
+                    rules.triggered(campaign, "event", event.record()) for event in events):
+                await self._reenter(current, next(e for e in events if rules.triggered(campaign, "event", e.record())))
+            return
+        picked = await self._pick_campaign("event", [event.record() for event in events])
+        if picked.campaign is not None:
+            trigger = picked.event.get("type") if picked.event else "event"
+            self._enroll(picked.campaign, switch=False, trigger=f"auto_on event {trigger}")
+
+    async def _reenter(self, current: Enrollment, event: LeadEvent) -> None:
+        """Start the current journey over (reenroll: always), from the campaign file as it
+        is now; a campaign paused, stopped or broken since keeps the journey as it is."""
+        try:
+            fresh = await workflow.execute_local_activity_method(
+                StoreActivities.load_campaign, LoadCampaignInput(current.campaign.name), start_to_close_timeout=LOCAL)
+        except ActivityError as error:
+            journey.note(self.s, workflow.now(), "note", f"{event.type} did not restart {current.campaign.name}: "
+                                                         f"{_cause(error)}")
+            return
+        refusal = journey.enroll_refusal(self.s, self._funnel(), fresh, switch=True, now=workflow.now())
+        if refusal:  # e.g. its stage is no longer one the campaign takes: the journey goes on
+            journey.note(self.s, workflow.now(), "note", f"{event.type} did not restart {fresh.name}: {refusal}")
+            return
+        self._leave(current, f"re-entered on {event.type}")
+        self._enroll(fresh, switch=False, trigger=f"auto_on event {event.type}, reenroll always")
     @workflow.update
     async def set_bant(self, inp: BantInput) -> LeadResult:
         await workflow.wait_condition(lambda: self.ready)
@@ -624,7 +661,8 @@ class LeadWorkflow:
         if trigger == "created" and start is not None and workflow.now() - start[0] < FUNNEL_TTL:
             config = start[1]
             picked = PickCampaignResult(rules.pick_campaign(config.campaigns, trigger, self.s.profile.record(),
-                                                            self.s.stage, list(self.s.finished_campaigns)),
+                                                            self.s.stage, list(self.s.finished_campaigns),
+                                                            entered=self.s.entered_at, now=workflow.now()),
                                         unusable=config.unusable)
         else:
             picked = await self._pick_campaign(trigger)
@@ -641,10 +679,11 @@ class LeadWorkflow:
             if not retrying:
                 self._spawn(self._retry_auto_enroll())
 
-    async def _pick_campaign(self, trigger: str) -> PickCampaignResult:
+    async def _pick_campaign(self, trigger: str, events: list[dict[str, Any]] | None = None) -> PickCampaignResult:
         return await workflow.execute_local_activity_method(
             StoreActivities.pick_campaign,
-            PickCampaignInput(trigger, self.s.profile.record(), self.s.stage, list(self.s.finished_campaigns)),
+            PickCampaignInput(trigger, self.s.profile.record(), self.s.stage, list(self.s.finished_campaigns),
+                              events=events or [], entered=dict(self.s.entered_at), now=workflow.now()),
             start_to_close_timeout=LOCAL)
 
     async def _retry_auto_enroll(self) -> None:
@@ -674,9 +713,10 @@ class LeadWorkflow:
                 return
 
     def _enroll(self, campaign: Campaign, *, switch: bool, trigger: str) -> str | None:
-        refusal = journey.enroll_refusal(self.s, self._funnel(), campaign, switch=switch)
+        refusal = journey.enroll_refusal(self.s, self._funnel(), campaign, switch=switch, now=workflow.now())
         if refusal:
             return refusal
+        self.s.entered_at[campaign.name] = workflow.now()
         if self.s.enrollment is not None:
             self._leave(self.s.enrollment, f"switched to {campaign.name}")
         self.s.enrollments += 1
