@@ -77,6 +77,15 @@ class SendEmailResult:
     control_seq: int = 0
 
 
+def _record_latency(provider: str, outcome: str, seconds: float) -> None:
+    """`nurture_email_send` (seconds per provider call) on the worker's SDK metrics."""
+    if not activity.in_activity():
+        return  # a test send (`nurture email test-send`) runs outside any worker
+    histogram = activity.metric_meter().create_histogram_float(
+        "nurture_email_send", "Time the email provider took to take an email", "s")
+    histogram.with_additional_attributes({"provider": provider, "outcome": outcome}).record(seconds)
+
+
 class _Refused(Exception):
     """The provider answered and did not take the message."""
 
@@ -173,12 +182,16 @@ class EmailActivities:
             raise ApplicationError(f"send {row.send_id} was taken by another attempt", type="SendTaken")
 
     def _deliver(self, inp: SendEmailInput, rendered: Rendered) -> SendEmailResult:
+        started = time.monotonic()
+        provider = "sendgrid" if self.settings.sendgrid_api_key else "outbox"
         try:
-            if self.settings.sendgrid_api_key:
-                provider, message_id = "sendgrid", _heartbeating(self._send_sendgrid, inp, rendered)
+            if provider == "sendgrid":
+                message_id = _heartbeating(self._send_sendgrid, inp, rendered)
             else:
-                provider, message_id = "outbox", self._write_outbox(inp, rendered)
+                message_id = self._write_outbox(inp, rendered)
+            _record_latency(provider, "accepted", time.monotonic() - started)
         except _Refused as refused:
+            _record_latency(provider, f"http_{refused.status}", time.monotonic() - started)
             return self._refused(inp, refused)
         except (ConnectionRefusedError, urllib.error.URLError) as error:
             if isinstance(getattr(error, "reason", error), (ConnectionRefusedError, socket.gaierror)):

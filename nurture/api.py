@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -189,6 +189,22 @@ def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
         the file's last valid version, and taking the API away would only stop more."""
         degraded = [broken.line() for broken in app.state.nurture.config.broken()]
         return {"ok": False, "degraded": degraded} if degraded else {"ok": True}
+
+    metrics_registry = None
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus text format (nurture.metrics), read from the store at each scrape."""
+        nonlocal metrics_registry
+        from nurture import metrics as ops  # prometheus-client: only when scraped
+
+        if metrics_registry is None:
+            metrics_registry = ops.registry_for(settings)
+        try:
+            body = ops.exposition(metrics_registry)
+        except DBAPIError as error:
+            return PlainTextResponse(f"store unavailable: {type(error.orig).__name__}\n", status_code=503)
+        return Response(body, media_type=ops.CONTENT_TYPE)
 
     @app.post("/v1/leads", dependencies=[Auth])
     async def upsert_lead(body: LeadBody, nurture: NurtureDep) -> JSONResponse:

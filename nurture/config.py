@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     temporal_api_key: str | None = None
     temporal_tls: bool = False
+    # host:port where this process's Temporal SDK metrics (workflow task failures,
+    # latencies, nurture_email_send) are served in Prometheus format; None: not served.
+    sdk_metrics_bind: str | None = None
     task_queue: str = "nurture"
     # Lead workflow ids are PREFIX + a hash of the address; a distinct prefix lets two
     # installations (or test runs) share one Temporal namespace.

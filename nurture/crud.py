@@ -661,3 +661,30 @@ def signin_failures(*, session: Session, account: str, address: str, since: date
 def prune_signin_failures(*, session: Session, before: datetime) -> None:
     """Failures too old to matter to the throttle."""
     session.execute(delete(SignInFailure).where(col(SignInFailure.at) < before))
+
+
+# ---------------------------------------------------------------- operations metrics (/metrics)
+
+
+def email_status_counts(*, session: Session) -> dict[str, int]:
+    """Email rows per status (sent, delivered, failed, unknown, ...)."""
+    return dict(session.execute(select(Email.status, func.count()).group_by(Email.status)).all())  # type: ignore[arg-type]
+
+
+def event_counts(*, session: Session) -> tuple[int, int, datetime | None]:
+    """(events received, events delivered to a workflow, the oldest one still waiting to be
+    delivered); events of no known lead wait for none and are left out of the last."""
+    received = session.execute(select(func.count()).select_from(Event)).scalar_one()
+    delivered = session.execute(select(func.count()).select_from(Event)
+                                .where(col(Event.dispatched_at).is_not(None))).scalar_one()
+    oldest = session.execute(select(func.min(Event.received_at)).where(
+        col(Event.dispatched_at).is_(None), col(Event.lead_key).is_not(None))).scalar_one()
+    return int(received), int(delivered), oldest
+
+
+def lead_stage_counts(*, session: Session) -> dict[str, int]:
+    return dict(session.execute(select(Lead.stage, func.count()).group_by(Lead.stage)).all())  # type: ignore[arg-type]
+
+
+def open_handoff_count(*, session: Session) -> int:
+    return int(session.execute(select(func.count()).select_from(Handoff).where(Handoff.status == "open")).scalar_one())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,11 +72,45 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+    """Bring the schema to the newest revision (idempotent). One process at a time: a
+    worker starting while `nurture lead add` makes a brand-new store would otherwise both
+    create the tables, and one fail ("table counter already exists")."""
     from alembic import command
 
     get_engine(url)  # creates the SQLite folder if needed
-    command.upgrade(alembic_config(url), "head")
+    with _migration_lock(url):
+        if current_revision(url) != head_revision():  # another process may just have done it
+            command.upgrade(alembic_config(url), "head")
+
+
+@contextmanager
+def _migration_lock(url: str) -> Iterator[None]:
+    """An exclusive lock across processes: a lock file beside a SQLite store, an advisory
+    lock (held by its own connection) on PostgreSQL."""
+    if url.startswith("sqlite"):
+        import fcntl
+
+        database = url.split("///", 1)[-1]
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.migrate-lock", "a+b") as handle:
+            os.chmod(handle.name, 0o600)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    with get_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+
+
+MIGRATION_LOCK_KEY = 7_291_004_113  # pg_advisory_lock key of nurture's migrations (any fixed number)
 
 
 def reclaim_erased(url: str) -> bool:

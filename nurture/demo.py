@@ -26,7 +26,7 @@ from nurture import crud, journey
 from nurture.config import Settings
 from nurture.db import upgrade
 from nurture.service import LeadIn, Nurture
-from nurture.timeskip import SimulatedTime
+from nurture.timeskip import SETTLE_SECONDS, SimulatedTime
 
 LEAD = LeadIn(email="jane.doe@globex.example", first_name="Jane", last_name="Doe", company="Globex",
               job_title="VP Operations", company_size=250, country="FR", timezone="Europe/Paris",
@@ -88,7 +88,7 @@ class Demo:
             step = timedelta(hours=1)
             if due:
                 step = max(datetime.fromisoformat(due.replace("Z", "+00:00")) - await self.now(), timedelta(0))
-            await self.clock.fast_forward(self.handle, step + timedelta(minutes=1))
+            await self.clock.fast_forward(self.handle, step + timedelta(minutes=1), settle=SETTLE_SECONDS)
             sent_before = self.sent()
             self.news()
             if not until_email or self.sent() > sent_before or self.sent_count_changed(lead):
@@ -111,7 +111,7 @@ class Demo:
         self.news()
 
     async def later(self, hours: float, title: str) -> None:
-        await self.clock.fast_forward(self.handle, timedelta(hours=hours))
+        await self.clock.fast_forward(self.handle, timedelta(hours=hours), settle=SETTLE_SECONDS)
         await self.scene(title)
 
     async def event(self, type_: str, **fields: Any) -> None:

@@ -398,9 +398,11 @@ class _Run:
         return texts
 
     async def forward_to(self, moment: datetime) -> None:
+        from nurture.timeskip import SETTLE_SECONDS
+
         gap = moment - await self.clock.now(self.handle)
         if gap > timedelta(0):
-            await self.clock.fast_forward(self.handle, gap)
+            await self.clock.fast_forward(self.handle, gap, settle=SETTLE_SECONDS)
 
     async def until_end(self, limit: datetime) -> bool:
         name = self.campaign.name
@@ -457,6 +459,8 @@ async def advance_until(nurture: Nurture, clock: Any, email: str, done: Callable
     """Move the lead's clock from one next action of its journey to the next (a wait
     ending, a send window opening) until `done(lead)` holds (True) or its clock reaches
     `limit` (False). `lead` is `nurture.show(email)`."""
+    from nurture.timeskip import SETTLE_SECONDS
+
     handle = clock.client.get_workflow_handle(nurture.settings.workflow_id(journey.lead_key(email)))
     while True:
         lead = nurture.show(email)
@@ -466,7 +470,8 @@ async def advance_until(nurture: Nurture, clock: Any, email: str, done: Callable
         if now >= limit:
             return False
         due = _utc(lead["next_action_at"]) if lead["next_action_at"] else now
-        await clock.fast_forward(handle, min(max(due - now, timedelta(0)) + STEP_MARGIN, limit - now))
+        await clock.fast_forward(handle, min(max(due - now, timedelta(0)) + STEP_MARGIN, limit - now),
+                                 settle=SETTLE_SECONDS)
 
 
 def _utc(text: str) -> datetime:

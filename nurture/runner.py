@@ -131,7 +131,7 @@ async def _embedded_temporal(settings: Settings) -> tuple[DevServer, Any]:
     ports.ensure_free(settings.temporal_ui_port, "Temporal UI", "NURTURE_TEMPORAL_UI_PORT")
     server = start_dev_server(settings.home, port=settings.temporal_port, ui_port=settings.temporal_ui_port)
     try:
-        return server, await wait_for_server(settings, server)
+        return server, await wait_for_server(settings, server, serve_metrics=True)
     except BaseException:
         server.stop()
         raise
@@ -161,7 +161,7 @@ async def run_up(settings: Settings, console: Console) -> None:
     sock = _bind_http(settings)
     try:
         if settings.temporal_address:
-            client = await connect(settings)
+            client = await connect(settings, serve_metrics=True)
             ui = "(the cluster's own UI)"
         else:
             server, client = await _embedded_temporal(settings)
@@ -175,6 +175,9 @@ async def run_up(settings: Settings, console: Console) -> None:
     console.print(f"  Temporal     {settings.temporal_target}"
                   f"  namespace {settings.temporal_namespace}, task queue {settings.task_queue}", soft_wrap=True)
     console.print(f"  database     {settings.db_url.split('@')[-1]}", soft_wrap=True)
+    if settings.sdk_metrics_bind:
+        console.print(f"  SDK metrics  http://{settings.sdk_metrics_bind}/metrics  (store metrics at /metrics)",
+                      soft_wrap=True)
     console.print(f"  email        {'SendGrid ' + settings.sendgrid_api_host if settings.sendgrid_api_key else 'local outbox ' + str(settings.outbox_dir)}", soft_wrap=True)
     _print_off(settings, console)
     console.print("Ctrl-C stops all.")
@@ -190,8 +193,10 @@ async def run_up(settings: Settings, console: Console) -> None:
 async def run_worker(settings: Settings, console: Console) -> None:
     _long_running(settings)
     stop = _stop_event()
-    client = await connect(settings)
+    client = await connect(settings, serve_metrics=True)
     console.print(f"worker on {settings.temporal_target}, task queue {settings.task_queue}; Ctrl-C stops")
+    if settings.sdk_metrics_bind:
+        console.print(f"  SDK metrics  http://{settings.sdk_metrics_bind}/metrics", soft_wrap=True)
     await asyncio.gather(_serve_worker(client, settings, stop), _report_broken_files(settings, console, stop))
 
 

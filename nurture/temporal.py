@@ -28,12 +28,20 @@ class TemporalUnavailable(Exception):
     """Temporal cannot be reached (CLI exit code 3)."""
 
 
-async def connect(settings: Settings, *, target: str | None = None) -> Client:
+async def connect(settings: Settings, *, target: str | None = None, serve_metrics: bool = False) -> Client:
+    """A client; with `serve_metrics` (the long-running `up` and `worker`), its runtime
+    serves the SDK metrics on NURTURE_SDK_METRICS_BIND when that is set."""
     from temporalio.client import Client
     from temporalio.service import RPCError, TLSConfig
 
     from nurture.converter import data_converter
 
+    bind = settings.sdk_metrics_bind if serve_metrics else None
+    try:
+        runtime = _runtime(bind)
+    except ValueError as error:  # the exporter could not listen there
+        raise TemporalUnavailable(f"NURTURE_SDK_METRICS_BIND {bind}: cannot serve metrics there "
+                                  f"({str(error).rsplit(': ', 1)[-1]}); set it to a free host:port") from error
     address = target or settings.temporal_target
     try:
         return await asyncio.wait_for(Client.connect(
@@ -42,7 +50,7 @@ async def connect(settings: Settings, *, target: str | None = None) -> Client:
             api_key=settings.temporal_api_key,
             tls=TLSConfig() if settings.temporal_tls or settings.temporal_api_key else False,
             data_converter=data_converter,
-            runtime=_runtime(),
+            runtime=runtime,
         ), timeout=10)
     except (RuntimeError, RPCError, asyncio.TimeoutError, OSError) as error:
         hint = "" if settings.temporal_address else " (start it with `nurture up`, or set NURTURE_TEMPORAL_ADDRESS)"
@@ -50,15 +58,25 @@ async def connect(settings: Settings, *, target: str | None = None) -> Client:
 
 
 @functools.cache
-def _runtime() -> Runtime:
+def _runtime(metrics_bind: str | None = None) -> Runtime:
     """The SDK core's own log lines (a gRPC call retried while the server is away) go to
     Python's logging under CORE_LOGGER rather than straight to stdout, where they broke
-    `--json` output and buried the CLI's one-line error; the CLI sets their level."""
-    from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+    `--json` output and buried the CLI's one-line error; the CLI sets their level. With
+    `metrics_bind` (NURTURE_SDK_METRICS_BIND), the SDK's metrics and nurture's own
+    (activity.metric_meter) are served there in Prometheus format."""
+    from temporalio.runtime import (
+        LogForwardingConfig,
+        LoggingConfig,
+        PrometheusConfig,
+        Runtime,
+        TelemetryConfig,
+        TelemetryFilter,
+    )
 
     forwarding = LogForwardingConfig(logger=logging.getLogger(CORE_LOGGER))
+    metrics = PrometheusConfig(bind_address=metrics_bind, durations_as_seconds=True) if metrics_bind else None
     return Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(
-        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"), forwarding=forwarding)))
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"), forwarding=forwarding), metrics=metrics))
 
 
 def temporal_binary() -> str:
@@ -108,14 +126,15 @@ def start_dev_server(home: Path, *, port: int = 7233, ui_port: int = 8233, persi
     return DevServer(process, port, ui_port)
 
 
-async def wait_for_server(settings: Settings, server: DevServer, timeout: float = 30) -> Client:
+async def wait_for_server(settings: Settings, server: DevServer, timeout: float = 30, *,
+                          serve_metrics: bool = False) -> Client:
     """A client of the dev server we started, once it answers; never of another server
     that happens to answer on its port (see nurture.ports)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         _check_alive(settings, server)
         try:
-            client = await connect(settings, target=server.address)
+            client = await connect(settings, target=server.address, serve_metrics=serve_metrics)
         except TemporalUnavailable:
             if asyncio.get_running_loop().time() > deadline:
                 raise

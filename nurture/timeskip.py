@@ -64,14 +64,15 @@ class SimulatedTime:
         return cls(server, client)
 
     async def fast_forward(self, handle: WorkflowHandle[Any, Any], duration: timedelta, *,
-                           settle: float = SETTLE_SECONDS) -> None:
-        """Move this workflow's clock by `duration`, firing its timers on the way, then wait
-        (up to `settle` seconds of wall time) until the worker has acted on what fired.
+                           settle: float = 0.0) -> None:
+        """Move this workflow's clock by `duration`, firing its timers on the way; with
+        `settle`, then wait (up to that many seconds of wall time) until the worker has
+        acted on what fired.
 
         The fast-forward returns as soon as the server moved the clock. A caller that
-        then reads the store and moves the clock again could outrun a busy worker: on a
-        loaded machine a test's fourteen simulated days went by in half a second while
-        the timer of day two still waited for its workflow task."""
+        then reads the store and moves the clock again could outrun a busy worker (one
+        lead stepped through its journey: tests, previews); many leads moved at once
+        (the fault suite) need no settling and could not afford its describe calls."""
         await self._skipper.fast_forward(handle, duration + FF_SLACK)
         if settle > 0:
             await self.settle(handle, settle)

@@ -20,7 +20,7 @@ from nurture import journey
 from nurture.config import Settings
 from nurture.db import session_scope, upgrade
 from nurture.service import LeadIn, Nurture
-from nurture.timeskip import SimulatedTime
+from nurture.timeskip import SETTLE_SECONDS, SimulatedTime
 from tests.fake_sendgrid import FakeSendGrid
 from worker import build_worker
 
@@ -80,7 +80,7 @@ class Stack:
 
     async def forward(self, email: str, duration: timedelta) -> None:
         """Advance this lead's clock (its workflow's virtual time) by `duration`."""
-        await self.env.fast_forward(self.handle(email), duration)
+        await self.env.fast_forward(self.handle(email), duration, settle=SETTLE_SECONDS)
 
     async def until(self, email: str, done: Any, *, step: timedelta = timedelta(hours=12),
                     limit: timedelta = timedelta(days=14)) -> dict[str, Any]:
