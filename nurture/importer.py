@@ -238,7 +238,9 @@ class LeadCsv:
             yield first
             yield from lines
 
-        self._reader = csv.reader(feed(), delimiter=delimiter)
+        # strict: an opening quote never closed is an error at the end of the file (not
+        # the rest of the file read as one cell), and text after a closing quote is too.
+        self._reader = csv.reader(feed(), delimiter=delimiter, strict=True)
         try:
             names = next(self._reader)
         except csv.Error as error:
@@ -257,7 +259,7 @@ class LeadCsv:
             except csv.Error as error:
                 start, self._last_end = self._last_end + 1, self.physical
                 self._claim_bad_lines(self._last_end)
-                yield RowProblem(start, "row", f"cannot be read as CSV: {error}")
+                yield RowProblem(start, "row", _csv_problem(error, start, self._last_end))
                 continue
             start, self._last_end = self._last_end + 1, self.physical
             not_utf8 = self._claim_bad_lines(self._last_end)
@@ -289,6 +291,17 @@ class LeadCsv:
             return "row"
         name = self.header[index]
         return self.columns.get(name) or name
+
+
+def _csv_problem(error: csv.Error, start: int, end: int) -> str:
+    """The csv module's complaint, said for a person who edits the file."""
+    if "unexpected end of data" in str(error):
+        return (f"a quote opened on line {start} is never closed: lines {start}-{end} cannot be read "
+                "(close the quote, or double a quote inside a quoted cell: \"\")")
+    if "expected after" in str(error):
+        return ("text after the closing quote of a cell (quote the whole cell, and double a quote inside it: "
+                "\"\")")
+    return f"cannot be read as CSV: {error}"
 
 
 def iter_rows(path: str | Path) -> Iterator[Row | RowProblem]:

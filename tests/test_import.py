@@ -264,6 +264,23 @@ def test_reader_line_numbers_quoted_newlines_and_odd_rows(tmp_path):
     ]
 
 
+def test_an_unterminated_quote_is_reported_with_its_line_not_swallowing_the_file(tmp_path):
+    """Issue 17.8: an opening quote never closed read the rest of the file as one cell."""
+    path = tmp_path / "open-quote.csv"
+    path.write_text('email,first_name,notes\n'                  # 1
+                    'a@x.example,Ann,"two\nlines"\n'            # 2-3: a quoted cell may span lines
+                    'b@x.example,"Bo"b,x\n'                     # 4: text after a closing quote
+                    'c@x.example,Cy,"never closed\n'            # 5
+                    'd@x.example,Di,y\n'                        # 6
+                    'e@x.example,Ed,z\n', encoding="utf-8")     # 7
+    items = list(iter_rows(path))
+    assert items[0] == Row(2, {"email": "a@x.example", "first_name": "Ann", "notes": "two\nlines"})
+    assert items[1].line == 4 and "text after the closing quote" in items[1].message
+    assert items[2] == RowProblem(5, "row", 'a quote opened on line 5 is never closed: lines 5-7 cannot be read '
+                                            '(close the quote, or double a quote inside a quoted cell: "")')
+    assert len(items) == 3
+
+
 def test_old_mac_line_endings(tmp_path):
     path = tmp_path / "mac.csv"
     path.write_bytes(b"email,company\ra@x.example,Acme\rb@x.example,\"Globex\rEMEA\"\rc@x.example,Initech\r")
