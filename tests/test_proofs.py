@@ -4,7 +4,9 @@ is what SendGrid receives; a proof reaches SendGrid marked [TEST] and touches no
 from __future__ import annotations
 
 import json
+import re
 import time
+from html import unescape
 
 from nurture import crud, journey
 from nurture.proofs import TEST_SENDS_PER_MINUTE, preview, sample_lead, send_test, stored_lead
@@ -135,3 +137,36 @@ async def test_a_web_app_user_may_receive_test_sends_without_being_listed(cli, s
     assert "test send to Mia@Acme.example" in sent.stdout
     stranger = await cli("email", "test-send", "welcome", "--to", "max@acme.example")
     assert stranger.returncode == 1 and "it is no web app user" in one_error_line(stranger)
+
+
+async def test_the_campaign_page_previews_a_step_for_a_chosen_lead(stack):
+    """Issue 19.1: the web app shows the same preview as `nurture email preview`."""
+    from tests.test_web import MARKETER, REP, add_user, sign_in
+    from tests.test_webhooks import serve
+
+    await stack.add("luc@globex.example", first_name="Luc", locale="fr-FR")
+    add_user(stack, MARKETER, "marketer")
+    add_user(stack, REP, "sales")
+    expected = preview(stack.settings, "case_study", stored_lead(stack.settings, "luc@globex.example"),
+                       campaign="b2b-trial", step="case-study").as_json()
+    async with serve(stack) as http:
+        assert (await http.get("/campaigns/b2b-trial/preview")).status_code == 303  # signed-in users only
+        await sign_in(http, MARKETER)
+        assert 'href="/campaigns/b2b-trial/preview"' in (await http.get("/campaigns/b2b-trial")).text
+        page = await http.get("/campaigns/b2b-trial/preview", params={"step": "case-study", "email": "luc@globex.example"})
+        assert page.status_code == 200, page.text
+        html = page.text
+        subject = re.search(r'<dd data-field="subject">(.*?)</dd>', html).group(1)
+        text = re.search(r'<pre data-field="text"[^>]*>(.*?)</pre>', html, re.S).group(1)
+        assert unescape(subject) == expected["subject"]
+        assert expected["text"].startswith("Bonjour Luc") and unescape(text) == expected["text"]
+        assert 'sandbox srcdoc="' in html and "<script" not in html
+        sample = await http.get("/campaigns/b2b-trial/preview")  # the first send step, the sample lead
+        assert sample.status_code == 200 and '<option value="welcome" selected>' in sample.text
+        unknown = await http.get("/campaigns/b2b-trial/preview", params={"step": "case-study", "email": "no@globex.example"})
+        assert unknown.status_code == 400 and 'id="email-error">unknown lead no@globex.example' in unknown.text
+        bad_step = await http.get("/campaigns/b2b-trial/preview", params={"step": "wait-click"})
+        assert bad_step.status_code == 400 and "is no send step of b2b-trial" in bad_step.text
+        await http.post("/logout", data={"csrf_token": re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)})
+        await sign_in(http, REP)
+        assert (await http.get("/campaigns/b2b-trial/preview")).status_code == 403

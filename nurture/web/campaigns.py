@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import quote
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from nurture import stats
-from nurture.campaign import CampaignError, UnknownCampaignError
+from nurture.campaign import CampaignError, UnknownCampaignError, find_campaign
 from nurture.config import Settings
 from nurture.stats_store import CONVERSION_STAGES
 from nurture.web import journey_svg
-from nurture.service import Nurture, UserError
+from nurture.service import NotFound, Nurture, UserError
 from nurture.temporal import TemporalUnavailable
 from nurture.web.auth import current_user, read_form, refuse
 from nurture.web.render import message, page
@@ -86,6 +87,44 @@ async def _campaign_page(request: Request, name: str, range_: str | None = None,
                 daily=journey_svg.daily_chart(document["per_day"]), columns=STEP_COLUMNS, rate_of=RATE_OF,
                 can_control=current_user(request).can_act_on_leads, notice=NOTICES.get(request.query_params.get("done", "")),
                 errors=errors or {}, **_context(chosen, since))
+
+
+@router.get("/campaigns/{name}/preview", response_class=HTMLResponse)
+async def campaign_preview(name: str, request: Request, step: str | None = None, email: str | None = None) -> Response:
+    """A send step's email exactly as the send activity would send it to a chosen lead
+    (`nurture email preview`; the sample lead when no address is given)."""
+    if not current_user(request).can_act_on_leads:
+        return refuse(request, "Only marketers and admins preview campaign emails.")
+    settings: Settings = request.app.state.settings
+    try:
+        campaign = await asyncio.to_thread(find_campaign, settings.campaigns_dir, name)
+    except UnknownCampaignError:
+        return message(request, 404, "No such campaign", f"There is no campaign named '{name}'.")
+    except CampaignError as problem:
+        return message(request, 409, "Campaign file invalid", str(problem).splitlines()[0])
+    sends = [s for s in campaign.steps if s.kind == "send"]
+    chosen = next((s for s in sends if s.id == step), sends[0] if sends and not step else None)
+    errors: dict[str, str] = {}
+    shown = None
+    if chosen is None:
+        errors["step"] = f"'{step}' is no send step of {name}" if step else f"{name} sends no email"
+    else:
+        try:
+            shown = await asyncio.to_thread(_preview, settings, chosen.send, name, chosen.id, (email or "").strip())
+        except NotFound as missing:
+            errors["email"] = str(missing)
+        except UserError as problem:
+            errors["email" if email and "email" in str(problem) else "step"] = str(problem).removeprefix("--email: ")
+    return page(request, "preview.html", 400 if errors else 200, title=f"Preview · {name}", campaign=name,
+                sends=[s.id for s in sends], step=chosen.id if chosen else step, email=email or "",
+                shown=shown.as_json() if shown else None, errors=errors)
+
+
+def _preview(settings: Settings, template: str, campaign: str, step: str, email: str) -> Any:
+    from nurture.proofs import preview, sample_lead, stored_lead  # the send activity's own composing
+
+    return preview(settings, template, stored_lead(settings, email) if email else sample_lead(),
+                   campaign=campaign, step=step)
 
 
 NOTICES = {"pause": "Paused: nothing is sent; its leads wait where they are.",
