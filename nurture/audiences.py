@@ -99,18 +99,24 @@ class Report:
         return "; ".join(parts)
 
 
-def _resolve(settings: Settings, segment_name: str, campaign_name: str) -> tuple[Segment, Campaign]:
-    segment = find(settings, segment_name)
+def _resolve(nurture: Any, segment_name: str, campaign_name: str) -> tuple[Segment, Campaign]:
+    """The segment and the campaign, or AudienceError: unknown, a broken file, a campaign
+    paused or stopped (the service's own refusal of a single enrollment)."""
+    segment = find(nurture.settings, segment_name)
+    problem = nurture.campaign_problem(campaign_name)
+    if problem:
+        raise AudienceError(problem)
     try:
-        campaign = find_campaign(settings.campaigns_dir, campaign_name)
+        campaign = find_campaign(nurture.settings.campaigns_dir, campaign_name)
     except CampaignError as error:
         raise AudienceError(str(error).splitlines()[0]) from None
     return segment, campaign
 
 
-def plan(settings: Settings, segment_name: str, campaign_name: str) -> Plan:
+def plan(nurture: Any, segment_name: str, campaign_name: str) -> Plan:
     """Counts in SQL; AudienceError for an unknown segment or campaign, or a segment that matches no lead."""
-    segment, campaign = _resolve(settings, segment_name, campaign_name)
+    settings = nurture.settings
+    segment, campaign = _resolve(nurture, segment_name, campaign_name)
     with session_scope(settings.db_url) as session:
         run = crud.find_bulk_run(session=session, segment=segment_name, campaign=campaign_name)
         skip = enroll_skip(campaign, dialect=session.get_bind().dialect.name, run_id=run.id if run else None)
@@ -144,8 +150,8 @@ async def enroll_segment(nurture: Any, segment_name: str, campaign_name: str, *,
     """Enroll every lead of the segment that may enter the campaign, once.
     `progress(done, total)` after each lead; TemporalUnavailable stops the run (a re-run resumes it)."""
     settings = nurture.settings
-    first = plan(settings, segment_name, campaign_name)  # refuses bad input before anything is written
-    segment, campaign = _resolve(settings, segment_name, campaign_name)
+    first = plan(nurture, segment_name, campaign_name)  # refuses bad input before anything is written
+    segment, campaign = _resolve(nurture, segment_name, campaign_name)
     report = Report(plan=first)
     with session_scope(settings.db_url) as session:
         run_id = crud.bulk_run(session=session, segment=segment_name, campaign=campaign_name).id

@@ -81,6 +81,7 @@ def run(make: Callable[[], Coroutine[Any, Any, Any]], *, unavailable_hint: str =
 
     from sqlalchemy.exc import DBAPIError
 
+    from nurture.audiences import AudienceError
     from nurture.campaign import CampaignError
     from nurture.service import UserError
     from nurture.temporal import TemporalUnavailable
@@ -95,7 +96,7 @@ def run(make: Callable[[], Coroutine[Any, Any, Any]], *, unavailable_hint: str =
         fail(f"{error}{unavailable_hint}", 3)
     except DBAPIError as error:  # locked past the busy timeout, or the server is down
         fail(f"database: {store_reason(error)}; nothing was changed, try again", 3)
-    except (UserError, CampaignError) as error:
+    except (UserError, CampaignError, AudienceError) as error:
         fail(str(error).splitlines()[0] if isinstance(error, CampaignError) else str(error), 1)
     except KeyboardInterrupt:
         finish(130)
@@ -706,12 +707,14 @@ def enroll(first: str = typer.Argument(..., metavar="EMAIL", help="The lead's em
            segment: Optional[str] = typer.Option(None, "--segment", metavar="NAME",
                                                  help="Enroll every lead of this segment: enroll --segment NAME CAMPAIGN."),
            dry_run: bool = typer.Option(False, "--dry-run", help="With --segment: say how many would enter, change nothing."),
-           rate: float = typer.Option(50.0, "--rate", min=0.1, help="With --segment: enrollments a second, at most.")) -> None:
+           rate: float = typer.Option(50.0, "--rate", min=0.1, help="With --segment: enrollments a second, at most."),
+           concurrency: int = typer.Option(8, "--concurrency", min=1, max=100,
+                                           help="With --segment: enrollments in flight at once, at most.")) -> None:
     """Enroll a lead in a campaign (EMAIL CAMPAIGN), or a whole segment (--segment NAME CAMPAIGN)."""
     if segment is not None:
         if second is not None or switch:
             fail("enroll --segment NAME CAMPAIGN takes the campaign only (no EMAIL, no --switch)", 2)
-        _enroll_segment(segment, first, dry_run=dry_run, rate=rate)
+        _enroll_segment(segment, first, dry_run=dry_run, rate=rate, concurrency=concurrency)
     if second is None or dry_run:
         fail("enroll EMAIL CAMPAIGN [--switch], or enroll --segment NAME CAMPAIGN [--dry-run]", 2)
     nurture = service()
@@ -720,22 +723,23 @@ def enroll(first: str = typer.Argument(..., metavar="EMAIL", help="The lead's em
     finish(0)
 
 
-def _enroll_segment(segment: str, campaign: str, *, dry_run: bool, rate: float) -> NoReturn:
+def _enroll_segment(segment: str, campaign: str, *, dry_run: bool, rate: float, concurrency: int) -> NoReturn:
     from nurture import audiences
 
     nurture = service()
     try:
-        if dry_run:
-            out.print(audiences.plan(nurture.settings, segment, campaign).line(), markup=False, soft_wrap=True)
-            finish(0)
-        report = run(lambda: _bulk(nurture, segment, campaign, rate))
+        first = audiences.plan(nurture, segment, campaign)  # bad input: one line, nothing written
     except audiences.AudienceError as error:
         fail(str(error))
+    if dry_run:
+        out.print(first.line(), markup=False, soft_wrap=True)
+        finish(0)
+    report = run(lambda: _bulk(nurture, segment, campaign, rate, concurrency))
     out.print(report.line(segment, campaign), markup=False, soft_wrap=True)
     finish(0)
 
 
-async def _bulk(nurture: Any, segment: str, campaign: str, rate: float) -> Any:
+async def _bulk(nurture: Any, segment: str, campaign: str, rate: float, concurrency: int) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from nurture import audiences
@@ -744,7 +748,7 @@ async def _bulk(nurture: Any, segment: str, campaign: str, rate: float) -> Any:
                   TimeRemainingColumn(), console=err, transient=True) as progress:
         task = progress.add_task("enroll", total=None)
         return await audiences.enroll_segment(
-            nurture, segment, campaign, rate=rate,
+            nurture, segment, campaign, rate=rate, concurrency=concurrency,
             progress=lambda done, total: progress.update(task, completed=done, total=total))
 
 
