@@ -122,6 +122,12 @@ async def test_bad_input_is_one_line_and_writes_nothing(bulk):
     assert bulk_rows(bulk) == (0, 0)
     assert enrollments(bulk) == {}
 
+    await bulk.nurture.control_campaign("spring-followup", "pause")
+    code, out, err = await cli(bulk, "enroll", "--segment", "fr", "spring-followup")
+    assert code == 1 and err.strip() == ("error: campaign 'spring-followup' is paused: it takes no leads "
+                                         "(nurture campaign resume spring-followup)"), err
+    assert bulk_rows(bulk) == (0, 0)
+
 
 async def test_each_lead_is_enrolled_once_and_a_rerun_enrolls_none(bulk):
     emails = await add_leads(bulk, 5)

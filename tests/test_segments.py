@@ -163,6 +163,34 @@ def test_a_forgotten_lead_is_in_no_segment(store, tmp_path):
     assert matching(store, tmp_path, {}) == {"ann", "bob", "cleo", "dan"}
 
 
+def test_segment_show_count_and_lead_list_segment_as_a_user_runs_them(store, tmp_path):
+    """Subprocesses on the store (Temporal at a closed port: neither needs it)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    campaigns = _segments(tmp_path, {"clicked": {"did": {"event": "email_click"}}, "fr": {"where": {"country": "FR"}}})
+    env = {**os.environ, "NURTURE_HOME": str(tmp_path), "NURTURE_DATABASE_URL": store,
+           "NURTURE_CAMPAIGNS_DIR": str(campaigns), "NURTURE_TEMPORAL_ADDRESS": "127.0.0.1:9"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "nurture.cli", *args], capture_output=True, text=True, env=env,
+                              timeout=60)
+
+    shown = cli("segment", "show", "clicked", "--count", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {"name": "clicked", "definition": {"did": [{"event": "email_click"}]}, "count": 2}
+    assert cli("segment", "show", "fr", "--count").stdout.splitlines() == ["fr: {where: {country: FR}}", "3 leads"]
+    listed = json.loads(cli("lead", "list", "--segment", "fr", "--stage", "lead", "--json").stdout)
+    assert [lead["email"] for lead in listed["leads"]] == ["bob@fr.example"]
+    names = [row["name"] for row in json.loads(cli("segment", "list", "--json").stdout)]
+    assert names == ["clicked", "fr"]
+    for args in (("segment", "show", "frr"), ("lead", "list", "--segment", "frr")):
+        refused = cli(*args)
+        assert refused.returncode == 1 and refused.stderr == "error: unknown segment 'frr' (did you mean 'fr'?)\n"
+
+
 # ---------------------------------------------------------------- the file
 
 
