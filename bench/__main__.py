@@ -419,6 +419,8 @@ async def main() -> None:
                         help="only the segments phase: segment count and lead list --segment with 100,000 leads and "
                              "1,000,000 events on SQLite and PostgreSQL (--postgres), then enroll --segment of "
                              "--bulk leads with a live journey's event-to-score latency before and during it")
+    parser.add_argument("--segment-leads", type=int, default=100_000,
+                        help="leads (10 events each) in the segments phase's stores")
     parser.add_argument("--bulk", type=int, default=5000, help="leads bulk-enrolled in the segments phase")
     parser.add_argument("--bulk-rate", type=float, default=50.0, help="the bulk run's --rate (its default: 50)")
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
@@ -433,7 +435,7 @@ async def main() -> None:
         home = Path(tempfile.mkdtemp(prefix="nurture-bench-segments-"))
         try:
             figures = {"machine": f"{os.cpu_count()} cores, {sys.platform}, Python {sys.version.split()[0]}",
-                       **query_phase(home, options.postgres or None),
+                       **query_phase(home, options.postgres or None, options.segment_leads),
                        **await bulk_phase(home, options.bulk, options.bulk_rate)}
         finally:
             shutil.rmtree(home, ignore_errors=True)

@@ -5,7 +5,7 @@
    --segment NAME --json` as a user runs them (a subprocess, start-up included), and of
    the count query alone, for each segment of SEGMENTS.
 2. With a Temporal dev server and one worker process: `nurture enroll --segment`
-   of `--bulk` leads at its default pace, the rate reached, and the event-to-score
+   of `--bulk` leads at `--bulk-rate` (its default pace: 50 a second), the rate reached, and the event-to-score
    latency of leads already in a journey, before and during the bulk run.
 """
 
@@ -30,7 +30,7 @@ from nurture.db import get_engine, session_scope, upgrade
 from nurture.models import Event, Lead, utcnow
 
 ROOT = Path(__file__).resolve().parent.parent
-LEADS, EVENTS_PER_LEAD, RUNS = int(os.environ.get("BENCH_SEGMENT_LEADS", 100_000)), 10, 3
+LEADS, EVENTS_PER_LEAD, RUNS = 100_000, 10, 3
 SEGMENTS = """segments:
   hot-fr: {where: {country: FR}, score: {gte: 30}, stage: [lead, mql]}
   clicked-recently: {did: {event: email_click, within: 14d}}
@@ -42,17 +42,17 @@ TYPES = ["email_open", "email_click", "page_view", "form_submit"]
 URLS = ["https://acme.example/pricing", "https://acme.example/docs", "https://acme.example/blog/spring"]
 
 
-def _fill(url: str) -> None:
+def _fill(url: str, leads: int) -> None:
     rng = random.Random(14)
     now = utcnow()
     engine = get_engine(url)
     countries, stages, grades = ["FR", "DE", "US", "GB", "ES"], ["lead", "lead", "mql", "sql", "visitor"], "ABCDF"
     with engine.begin() as connection:
-        for start in range(0, LEADS, 10_000):
-            leads, events = [], []
-            for n in range(start, start + 10_000):
+        for start in range(0, leads, 10_000):
+            rows, events = [], []
+            for n in range(start, min(start + 10_000, leads)):
                 key = f"k{n:06d}"
-                leads.append({"key": key, "email": f"lead{n}@bench.example", "country": rng.choice(countries),
+                rows.append({"key": key, "email": f"lead{n}@bench.example", "country": rng.choice(countries),
                               "score": rng.randint(0, 99), "stage": rng.choice(stages), "grade": rng.choice(grades),
                               "status": "subscribed" if rng.random() < 0.9 else "unsubscribed",
                               "attributes": {"plan": rng.choice(["free", "pro", "team"])}, "bant": {},
@@ -63,7 +63,7 @@ def _fill(url: str) -> None:
                                    "at": now - timedelta(minutes=rng.randint(0, 60 * 24 * 90)),
                                    "data": {"url": rng.choice(URLS)} if kind == "page_view" else {},
                                    "received_at": now, "dispatched_at": now})
-            connection.execute(insert(Lead.__table__), leads)  # type: ignore[attr-defined]
+            connection.execute(insert(Lead.__table__), rows)  # type: ignore[attr-defined]
             connection.execute(insert(Event.__table__), events)  # type: ignore[attr-defined]
         connection.execute(text("ANALYZE"))
 
@@ -102,14 +102,14 @@ def _queries(url: str, home: Path) -> dict[str, Any]:
     return figures
 
 
-def query_phase(home: Path, postgres_admin: str | None) -> dict[str, Any]:
+def query_phase(home: Path, postgres_admin: str | None, leads: int = LEADS) -> dict[str, Any]:
     campaigns = home / "campaigns"
     campaigns.mkdir(parents=True, exist_ok=True)
     (campaigns / "segments.yaml").write_text(SEGMENTS)
-    results: dict[str, Any] = {"leads": LEADS, "events": LEADS * EVENTS_PER_LEAD, "runs_each": RUNS}
+    results: dict[str, Any] = {"leads": leads, "events": leads * EVENTS_PER_LEAD, "runs_each": RUNS}
     for backend, url in scratch_stores(home / "segments.db", postgres_admin):
         started = time.perf_counter()
-        _fill(url)
+        _fill(url, leads)
         print(f"segments: {backend} filled in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         results[backend] = _queries(url, home)
     return results

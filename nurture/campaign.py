@@ -1616,13 +1616,15 @@ def validate_paths(paths: Sequence[Path], templates_dir: Path | None, funnel_fil
     nurture.lint. `funnel_file`: the funnel whose `sender.address` a campaign with no
     funnel.yaml beside it uses."""
     # Imported here: nurture.segments builds on this module.
-    from nurture.segments import check_segments
+    from nurture.segments import campaign_name_warnings, check_segments
 
     problems: list[Problem] = []
     campaigns: list[_Checked] = []
+    segments: list[_Checked] = []
     for path in _expand(paths, problems):
         if path.name in SEGMENT_FILES:
-            problems += check_segments(path).problems
+            segments.append(check_segments(path))
+            problems += segments[-1].problems
             continue
         is_funnel = path.name in FUNNEL_FILES
         checked = _check_funnel(path) if is_funnel else _check_campaign(path)
@@ -1634,6 +1636,8 @@ def validate_paths(paths: Sequence[Path], templates_dir: Path | None, funnel_fil
                 problems += _funnel_template_problems(checked.source, checked.model, Path(templates_dir))
             else:
                 problems += _campaign_template_problems(checked.source, path, Path(templates_dir), funnel_file)
+    names = [item.name for item in campaigns if item.name is not None]
+    problems += [problem for item in segments for problem in campaign_name_warnings(item, names)]
     return _distinct(problems + _duplicate_name_problems(campaigns))
 
 

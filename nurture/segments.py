@@ -221,6 +221,25 @@ def _warnings(source: Any) -> list[Problem]:
             *_bare_duration_warnings(source, (path + ("within",) for path in paths))]
 
 
+def campaign_name_warnings(checked: _Checked, campaigns: Iterable[str]) -> list[Problem]:
+    """`campaign: {in: NAME}` or `{completed: NAME}` naming no campaign of the folder: a
+    typo matches no lead, silently. A warning (a campaign may be added later)."""
+    known = sorted(set(campaigns))
+    if checked.source is None or not known or not isinstance(checked.source.get("segments"), dict):
+        return []
+    problems = []
+    for name, segment in checked.source.get("segments").items():
+        test = segment.get("campaign") if isinstance(segment, dict) else None
+        for key in ("in", "completed"):
+            value = test.get(key) if isinstance(test, dict) else None
+            for index, campaign in enumerate(value if isinstance(value, list) else [value]):
+                if isinstance(campaign, str) and campaign not in known:
+                    path = ("segments", name, "campaign", key) + ((index,) if isinstance(value, list) else ())
+                    problems.append(checked.source.problem(path, _unknown("campaign", campaign, known)
+                                                           + ": it matches no lead", "warning"))
+    return problems
+
+
 def segments_file(directory: Path) -> Path | None:
     for name in SEGMENT_FILES:
         if (Path(directory) / name).is_file():

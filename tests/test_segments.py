@@ -4,6 +4,7 @@ SQLite and on PostgreSQL; `where` is compared with what nurture.rules decides in
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ LEADS: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
      {"stage": "visitor", "grade": "F", "temperature": "cold", "status": "subscribed", "score": 0}),
 ]
 NOW = utcnow()
+CAMPAIGNS = Path(__file__).resolve().parent.parent / "campaigns"
 
 
 def _key(email: str) -> str:
@@ -189,6 +191,12 @@ def test_segment_show_count_and_lead_list_segment_as_a_user_runs_them(store, tmp
     for args in (("segment", "show", "frr"), ("lead", "list", "--segment", "frr")):
         refused = cli(*args)
         assert refused.returncode == 1 and refused.stderr == "error: unknown segment 'frr' (did you mean 'fr'?)\n"
+    (campaigns / "segments.yaml").write_text("segments:\n  fr: {where: {contry: FR}}\n")
+    for args in (("segment", "list"), ("segment", "show", "fr", "--count"), ("lead", "list", "--segment", "fr")):
+        broken = cli(*args)
+        assert broken.returncode == 1 and broken.stderr.startswith(
+            f"error: {campaigns}/segments.yaml:2: segments.fr.where.contry: unknown lead field 'contry'"), broken.stderr
+        assert len(broken.stderr.splitlines()) == 1
 
 
 # ---------------------------------------------------------------- the file
@@ -232,6 +240,14 @@ def test_an_unknown_segment_is_one_line_with_the_closest_name(tmp_path):
 
 
 def test_the_sample_segments_are_valid_and_do_not_count_as_campaigns():
-    campaigns = Path(__file__).resolve().parent.parent / "campaigns"
-    assert [p for p in validate_paths([campaigns], None) if p.severity == "error"] == []
-    assert sorted(load_segments(campaigns).by_name) == ["clicked-recently", "hot-fr", "never-opened"]
+    assert validate_paths([CAMPAIGNS], None) == []
+    assert sorted(load_segments(CAMPAIGNS).by_name) == ["clicked-recently", "hot-fr", "never-opened"]
+
+
+def test_a_campaign_named_by_a_segment_but_in_no_file_is_a_warning(tmp_path):
+    shutil.copy(CAMPAIGNS / "b2b-trial.yaml", tmp_path / "b2b-trial.yaml")
+    _segments(tmp_path, {"in-trial": {"campaign": {"in": "b2b-trail"}}, "through": {"campaign": {"completed": "b2b-trial"}}})
+    problems = validate_paths([tmp_path], None)
+    assert [p.severity for p in problems] == ["warning"]
+    assert str(problems[0]).endswith("segments.yaml:4: segments.in-trial.campaign.in: warning: unknown campaign 'b2b-trail' "
+                                     "(did you mean 'b2b-trial'?): it matches no lead")
