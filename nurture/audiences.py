@@ -4,8 +4,10 @@
 here. Bulk enrollment is resumable and idempotent: the run of (segment, campaign) and
 each lead's outcome in it are rows of the store, a lead is marked `pending` before
 its workflow is asked, and the workflow itself refuses a lead already in a campaign.
-A lead left `pending` by a crash is settled from its history (enrolled meanwhile or
-not) before anything is asked again, so no lead is enrolled twice by one run.
+A lead left `pending` by a crash is settled from the enrollment table (a journey in the
+campaign more than when it was marked: the crashed run enrolled it) before anything is
+asked again, so no lead is enrolled twice by this command, even after it has left the
+campaign (`reenroll: after_exit` would let the workflow take it again).
 It is paced (a few leads at a time, at most `rate` a second) so the journeys already
 running keep their worker's attention.
 """
