@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--cli]`: nurture's figures as one JSON document on stdout.
+"""`python -m bench [--quick] [--cli] [--web] [--segments]`: nurture's figures as one JSON document on stdout.
 
 `--cli` measures only the command line's read commands (no Temporal needed: they answer
 from the store, and the phase points them at a closed port to prove they never call it).
@@ -415,12 +415,33 @@ async def main() -> None:
     parser.add_argument("--web", action="store_true",
                         help="only the web phase: p95 server time of /, a campaign page and the stats JSON "
                              "with 10,000 leads and 50,000 emails, on SQLite and PostgreSQL (--postgres)")
+    parser.add_argument("--segments", action="store_true",
+                        help="only the segments phase: segment count and lead list --segment with 100,000 leads and "
+                             "1,000,000 events on SQLite and PostgreSQL (--postgres), then enroll --segment of "
+                             "--bulk leads with a live journey's event-to-score latency before and during it")
+    parser.add_argument("--segment-leads", type=int, default=100_000,
+                        help="leads (10 events each) in the segments phase's stores")
+    parser.add_argument("--bulk", type=int, default=5000, help="leads bulk-enrolled in the segments phase")
+    parser.add_argument("--bulk-rate", type=float, default=50.0, help="the bulk run's --rate (its default: 50)")
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
                         help="PostgreSQL server for the web phase (a scratch database is made there); '' skips it")
     options = parser.parse_args()
     if options.cli:
         sys.stdout.write(json.dumps(cli_phase(options.cli_runs, options.cli_leads), indent=2) + "\n")
         return
+    if options.segments:
+        from bench.segments import bulk_phase, query_phase
+
+        home = Path(tempfile.mkdtemp(prefix="nurture-bench-segments-"))
+        try:
+            figures = {"machine": f"{os.cpu_count()} cores, {sys.platform}, Python {sys.version.split()[0]}",
+                       **query_phase(home, options.postgres or None, options.segment_leads),
+                       **await bulk_phase(home, options.bulk, options.bulk_rate)}
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+        sys.stdout.write(json.dumps(figures, indent=2) + "\n")
+        sys.stdout.flush()
+        os._exit(0)  # the Temporal client can abort at interpreter exit (sdk-python issue 300)
     if options.web:
         from bench.web import web_phase
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 from sqlalchemy import create_engine, insert, text
@@ -113,8 +113,16 @@ async def _time(url: str, home: Path) -> dict[str, float]:
 async def web_phase(home: Path, postgres_admin: str | None) -> dict[str, Any]:
     """The p95 figures per backend (PostgreSQL when an admin URL is given)."""
     results: dict[str, Any] = {"leads": LEADS, "emails": LEADS * EMAILS_PER_LEAD, "requests_each": REQUESTS}
-    sqlite_url = f"sqlite:///{home / 'web.db'}"
-    urls = [("sqlite", sqlite_url, None)]
+    for backend, url in scratch_stores(home / "web.db", postgres_admin):
+        _fill(url)
+        results[backend] = await _time(url, home)
+    return results
+
+
+def scratch_stores(sqlite_file: Path, postgres_admin: str | None) -> Iterator[tuple[str, str]]:
+    """("sqlite", URL), then ("postgresql", URL) of a scratch database when an admin URL
+    is given: each migrated, and the PostgreSQL one dropped once the caller is done with it."""
+    urls = [("sqlite", f"sqlite:///{sqlite_file}", None)]
     if postgres_admin:
         name = f"nurture_bench_{uuid.uuid4().hex[:8]}"
         urls.append(("postgresql", postgres_admin.rsplit("/", 1)[0] + f"/{name}", name))
@@ -125,11 +133,9 @@ async def web_phase(home: Path, postgres_admin: str | None) -> dict[str, Any]:
                 connection.execute(text(f'CREATE DATABASE "{database}"'))
         try:
             upgrade(url)
-            _fill(url)
-            results[backend] = await _time(url, home)
+            yield backend, url
         finally:
             get_engine(url).dispose()
             if admin is not None and database:
                 with admin.connect() as connection:
                     connection.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-    return results

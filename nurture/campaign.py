@@ -280,7 +280,8 @@ def _check_regex(pattern: Any) -> None:
         raise ValueError(f"invalid regular expression {_shown(pattern)}: {exc}") from None
 
 
-Where = dict[str, Annotated[Any, AfterValidator(_where_test)]]
+WhereTest = Annotated[Any, AfterValidator(_where_test)]
+Where = dict[str, WhereTest]
 OneLine = Annotated[str, AfterValidator(_one_line_text)]
 EmailAddress = Annotated[str, AfterValidator(_one_line_text), AfterValidator(_email)]
 EventName = Annotated[str, AfterValidator(_event_name)]
@@ -769,6 +770,7 @@ def default_funnel() -> Funnel:
 # Everything below runs outside workflows (CLI, API, worker start-up).
 
 FUNNEL_FILES = ("funnel.yaml", "funnel.yml")
+SEGMENT_FILES = ("segments.yaml", "segments.yml")  # audiences, not campaigns: nurture.segments
 _LOADER_FIELDS = ("version", "source_file")
 _FILE = "(file)"  # the path shown for problems of the file as a whole
 
@@ -1602,7 +1604,7 @@ def _campaign_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         raise CampaignError([Problem(str(directory), 1, _FILE, "no such directory")])
     files = [p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
-    return sorted(p for p in files if p.name not in FUNNEL_FILES)
+    return sorted(p for p in files if p.name not in FUNNEL_FILES + SEGMENT_FILES)
 
 
 def _duplicate_name_problems(checked: Iterable[_Checked]) -> list[Problem]:
@@ -1644,7 +1646,7 @@ def load_funnel(path: Path | None) -> Funnel:
 
 
 def load_campaigns(directory: Path) -> list[Campaign]:
-    """Every campaign of `directory` (all YAML files but funnel.yaml), sorted by name.
+    """Every campaign of `directory` (all YAML files but funnel.yaml and segments.yaml), sorted by name.
     Raises CampaignError with the errors of all files, including names used twice."""
     checked = [_check_campaign(path) for path in _campaign_files(Path(directory))]
     problems = [p for item in checked for p in item.errors] + _duplicate_name_problems(checked)
@@ -1679,12 +1681,21 @@ def find_campaign(directory: Path, name: str) -> Campaign:
 
 def validate_paths(paths: Sequence[Path], templates_dir: Path | None, funnel_file: Path | None = None) -> list[Problem]:
     """Every problem (errors and warnings) of the given files and directories; funnel.yaml
-    is checked as the funnel, the rest as campaigns. With `templates_dir`, every email
-    named must exist there, render for a sample lead and pass nurture.lint. `funnel_file`:
-    the funnel whose `sender.address` a campaign with no funnel.yaml beside it uses."""
+    is checked as the funnel, segments.yaml as the segments, the rest as campaigns. With
+    `templates_dir`, every email named must exist there, render for a sample lead and pass
+    nurture.lint. `funnel_file`: the funnel whose `sender.address` a campaign with no
+    funnel.yaml beside it uses."""
+    # Imported here: nurture.segments builds on this module.
+    from nurture.segments import campaign_name_warnings, check_segments
+
     problems: list[Problem] = []
     campaigns: list[_Checked] = []
+    segments: list[_Checked] = []
     for path in _expand(paths, problems):
+        if path.name in SEGMENT_FILES:
+            segments.append(check_segments(path))
+            problems += segments[-1].problems
+            continue
         is_funnel = path.name in FUNNEL_FILES
         checked = _check_funnel(path) if is_funnel else _check_campaign(path)
         problems += checked.problems
@@ -1695,6 +1706,8 @@ def validate_paths(paths: Sequence[Path], templates_dir: Path | None, funnel_fil
                 problems += _funnel_template_problems(checked.source, checked.model, Path(templates_dir))
             else:
                 problems += _campaign_template_problems(checked.source, path, Path(templates_dir), funnel_file)
+    names = [item.name for item in campaigns if item.name is not None]
+    problems += [problem for item in segments for problem in campaign_name_warnings(item, names)]
     return _distinct(problems + _duplicate_name_problems(campaigns))
 
 

@@ -37,6 +37,8 @@ handoff_app = typer.Typer(help="Sales handoffs: list, accept, reject, won, lost.
                           rich_markup_mode=None)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True, rich_markup_mode=None)
 user_app = typer.Typer(help="Web app users: add, list, remove.", no_args_is_help=True, rich_markup_mode=None)
+segment_app = typer.Typer(help="Segments: the named audiences of campaigns/segments.yaml.", no_args_is_help=True,
+                          rich_markup_mode=None)
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(funnel_app, name="funnel")
 app.add_typer(lead_app, name="lead")
@@ -45,6 +47,7 @@ app.add_typer(db_app, name="db")
 email_app = typer.Typer(help="Preview an email for a lead, or send yourself a proof.", no_args_is_help=True)
 app.add_typer(email_app, name="email")
 app.add_typer(user_app, name="user")
+app.add_typer(segment_app, name="segment")
 
 out = SafeConsole(highlight=False)
 err = SafeConsole(stderr=True, highlight=False)
@@ -78,6 +81,7 @@ def run(make: Callable[[], Coroutine[Any, Any, Any]], *, unavailable_hint: str =
 
     from sqlalchemy.exc import DBAPIError
 
+    from nurture.audiences import AudienceError
     from nurture.campaign import CampaignError
     from nurture.service import UserError
     from nurture.temporal import TemporalUnavailable
@@ -92,7 +96,7 @@ def run(make: Callable[[], Coroutine[Any, Any, Any]], *, unavailable_hint: str =
         fail(f"{error}{unavailable_hint}", 3)
     except DBAPIError as error:  # locked past the busy timeout, or the server is down
         fail(f"database: {store_reason(error)}; nothing was changed, try again", 3)
-    except (UserError, CampaignError) as error:
+    except (UserError, CampaignError, AudienceError) as error:
         fail(str(error).splitlines()[0] if isinstance(error, CampaignError) else str(error), 1)
     except KeyboardInterrupt:
         finish(130)
@@ -127,15 +131,22 @@ def service() -> Any:
     """The service over a store at the schema this version uses. Only `up`, `worker`,
     `api` and `db upgrade` migrate; other commands refuse a store at another revision
     (exit 1) and give a brand-new one its tables (nurture.db.ensure_schema)."""
-    from nurture.db import SchemaMismatch, ensure_schema
     from nurture.service import Nurture
 
     settings = cfg()
+    read_store(settings)
+    return Nurture(settings)
+
+
+def read_store(settings: Settings) -> None:
+    """A store at this version's schema (a brand-new one gets its tables), never migrated:
+    what a command that only reads the store needs (exit 1 for a store at another revision)."""
+    from nurture.db import SchemaMismatch, ensure_schema
+
     try:
         upgrade_quietly(settings, ensure_schema)
     except SchemaMismatch as error:
         fail(str(error), 1)
-    return Nurture(settings)
 
 
 def upgrade_quietly(settings: Settings, upgrade: Callable[[str], None]) -> None:
@@ -635,13 +646,15 @@ def lead_list(
     temperature: Optional[str] = typer.Option(None, "--temperature", help="cold, warm or hot."),
     status: Optional[str] = typer.Option(None, "--status", help="subscribed, unsubscribed, bounced or complained."),
     campaign: Optional[str] = typer.Option(None, "--campaign", help="Only leads now in this campaign."),
+    segment: Optional[str] = typer.Option(None, "--segment", metavar="NAME",
+                                          help="Only leads of this segment (campaigns/segments.yaml)."),
     q: Optional[str] = typer.Option(None, "--q", help="Search: part of the address, the name or the company."),
     limit: int = typer.Option(50, "--limit", help="Leads per page (1-500)."),
     cursor: Optional[str] = typer.Option(None, "--cursor", help="Where to go on: the cursor the last page printed."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Leads matching the filters, oldest first, a page at a time."""
-    from nurture.db import session_scope, upgrade
+    from nurture.db import session_scope
     from nurture.leads import FilterError, lead_filters, list_page
 
     try:
@@ -650,9 +663,15 @@ def lead_list(
     except FilterError as error:
         fail(f"--{error.field}: {error.message}", 2)
     settings = cfg()
-    upgrade_quietly(settings, upgrade)
+    chosen = None
+    if segment is not None:
+        from nurture import audiences
+
+        chosen = _segments_call(lambda: audiences.find(settings, segment))
+    read_store(settings)
     with session_scope(settings.db_url) as session:
-        page = list_page(session, filters)
+        where = None if chosen is None else audiences.condition(session, chosen)
+        page = _segments_call(lambda: list_page(session, filters, where=where))
     if as_json:
         print_json(page)
         return
@@ -688,14 +707,116 @@ def lead_forget(email: str = EmailArg) -> None:
 
 
 @app.command()
-def enroll(email: str = EmailArg,
-           campaign: str = typer.Argument(..., metavar="CAMPAIGN", help="The campaign's name."),
-           switch: bool = typer.Option(False, "--switch", help="Leave the current campaign first.")) -> None:
-    """Enroll a lead in a campaign."""
+def enroll(first: str = typer.Argument(..., metavar="EMAIL", help="The lead's email address (none with --segment)."),
+           second: Optional[str] = typer.Argument(None, metavar="CAMPAIGN", help="The campaign's name."),
+           switch: bool = typer.Option(False, "--switch", help="Leave the current campaign first."),
+           segment: Optional[str] = typer.Option(None, "--segment", metavar="NAME",
+                                                 help="Enroll every lead of this segment: enroll --segment NAME CAMPAIGN."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="With --segment: say how many would enter, change nothing."),
+           rate: float = typer.Option(50.0, "--rate", min=0.1, help="With --segment: enrollments a second, at most."),
+           concurrency: int = typer.Option(8, "--concurrency", min=1, max=100,
+                                           help="With --segment: enrollments in flight at once, at most.")) -> None:
+    """Enroll a lead in a campaign (EMAIL CAMPAIGN), or a whole segment (--segment NAME CAMPAIGN)."""
+    if segment is not None:
+        if second is not None or switch:
+            fail("enroll --segment NAME CAMPAIGN takes the campaign only (no EMAIL, no --switch)", 2)
+        _enroll_segment(segment, first, dry_run=dry_run, rate=rate, concurrency=concurrency)
+    if second is None or dry_run:
+        fail("enroll EMAIL CAMPAIGN [--switch], or enroll --segment NAME CAMPAIGN [--dry-run]", 2)
     nurture = service()
-    result = run(lambda: nurture.enroll(email, campaign, switch=switch))
+    result = run(lambda: nurture.enroll(first, second, switch=switch))
     out.print(f"{result.lead['email']} enrolled in {result.lead['campaign']}, at step {result.lead['step']}", markup=False)
     finish(0)
+
+
+def _enroll_segment(segment: str, campaign: str, *, dry_run: bool, rate: float, concurrency: int) -> NoReturn:
+    from nurture import audiences
+
+    nurture = service()
+    try:
+        first = audiences.plan(nurture, segment, campaign)  # bad input: one line, nothing written
+    except audiences.AudienceError as error:
+        fail(str(error))
+    if dry_run:
+        out.print(first.line(), markup=False, soft_wrap=True)
+        finish(0)
+    report = run(lambda: _bulk(nurture, segment, campaign, rate, concurrency))
+    out.print(report.line(segment, campaign), markup=False, soft_wrap=True)
+    finish(0)
+
+
+async def _bulk(nurture: Any, segment: str, campaign: str, rate: float, concurrency: int) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from nurture import audiences
+
+    with Progress(TextColumn(f"enrolling {segment} in {campaign}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("enroll", total=None)
+        return await audiences.enroll_segment(
+            nurture, segment, campaign, rate=rate, concurrency=concurrency,
+            progress=lambda done, total: progress.update(task, completed=done, total=total))
+
+
+# ---------------------------------------------------------------- segments
+# These read the store only: no Temporal code is loaded (read commands stay quick).
+
+
+def _segments_call(call: Callable[[], Any]) -> Any:
+    from sqlalchemy.exc import DBAPIError
+
+    from nurture.audiences import AudienceError
+
+    try:
+        return call()
+    except AudienceError as error:
+        fail(str(error))
+    except DBAPIError as error:
+        fail(f"database: {store_reason(error)}", 3)
+
+
+@segment_app.command("list")
+def segment_list(as_json: bool = JsonOpt) -> None:
+    """The segments of campaigns/segments.yaml and what each asks."""
+    from nurture import audiences
+    from nurture.rules import flow_yaml
+    from nurture.segments import describe
+
+    found = _segments_call(lambda: audiences.segments_in_force(cfg()))
+    rows = [{"name": name, "definition": describe(segment)} for name, segment in sorted(found.items())]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        out.print("no segments (campaigns/segments.yaml defines them)")
+        return
+    table = table_of("segment", "conditions")
+    for row in rows:
+        table.add_row(Text(row["name"]), Text(flow_yaml(row["definition"])))
+    out.print(table)
+
+
+@segment_app.command("show")
+def segment_show(name: str = typer.Argument(..., metavar="NAME", help="The segment's name."),
+                 with_count: bool = typer.Option(False, "--count", help="Count the leads in it now."),
+                 as_json: bool = JsonOpt) -> None:
+    """One segment: its conditions and, with --count, how many leads are in it."""
+    from nurture import audiences
+    from nurture.rules import flow_yaml
+    from nurture.segments import describe
+
+    settings = cfg()
+    segment = _segments_call(lambda: audiences.find(settings, name))
+    document: dict[str, Any] = {"name": name, "definition": describe(segment)}
+    if with_count:
+        read_store(settings)
+        document["count"] = _segments_call(lambda: audiences.count(settings, segment))
+    if as_json:
+        print_json(document)
+        return
+    out.print(f"{name}: {flow_yaml(document['definition'])}", markup=False, soft_wrap=True)
+    if with_count:
+        out.print(plural(document["count"], "lead"), markup=False)
 
 
 @app.command()

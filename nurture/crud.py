@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from nurture import security
 from nurture.leadfields import check_attributes
 from nurture.models import (
-    CampaignControl, CampaignEnrollment, Counter, Email, Event, Handoff, History, Lead, LeadStart, SignInFailure, StepVisit,
+    BulkEnrollment, BulkRun, CampaignControl, CampaignEnrollment, Counter, Email, Event, Handoff, History, Lead, LeadStart, SignInFailure, StepVisit,
     Suppression, User, utcnow,
 )
 from nurture.vocabulary import suppressing_status
@@ -100,13 +100,15 @@ def upsert_lead(*, session: Session, key: str, email: str, profile: dict[str, An
 
 def list_leads(*, session: Session, after_id: int, limit: int, stage: str | None = None,
                grade: str | None = None, temperature: str | None = None, status: str | None = None,
-               campaign: str | None = None, q: str | None = None) -> Sequence[Lead]:
+               campaign: str | None = None, q: str | None = None, where: Any = None) -> Sequence[Lead]:
     """Leads matching every filter given, in id order after `after_id` (keyset
     pagination: no lead is repeated or skipped from page to page, new leads come last;
     only a lead whose filtered fields change meanwhile may enter or leave the list).
     `q` finds a case-insensitive substring of the address, the name or the company.
-    Forgotten leads (no address) are left out."""
+    Forgotten leads (no address) are left out. `where`: one more condition (a segment's)."""
     query = select(Lead).where(col(Lead.email).is_not(None), col(Lead.id) > after_id)
+    if where is not None:
+        query = query.where(where)
     for column, value in ((Lead.stage, stage), (Lead.grade, grade), (Lead.temperature, temperature),
                           (Lead.status, status), (Lead.campaign, campaign)):
         if value is not None:
@@ -688,3 +690,76 @@ def lead_stage_counts(*, session: Session) -> dict[str, int]:
 
 def open_handoff_count(*, session: Session) -> int:
     return int(session.execute(select(func.count()).select_from(Handoff).where(Handoff.status == "open")).scalar_one())
+
+
+# ---------------------------------------------------------------- segments and bulk enrollment
+# `where` is a condition on the lead table from nurture.segments_sql.
+
+
+def count_leads(*, session: Session, where: Any) -> int:
+    return int(session.execute(select(func.count()).select_from(Lead).where(where)).scalar_one())
+
+
+def count_by(*, session: Session, where: Any, label: Any) -> dict[str | None, int]:
+    """How many leads matching `where` have each value of `label` (an SQL expression)."""
+    rows = session.execute(select(label.label("label"), func.count()).select_from(Lead).where(where)
+                           .group_by(label)).all()
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def bulk_run(*, session: Session, segment: str, campaign: str) -> BulkRun:
+    """The run of (segment, campaign), created at its first use; a re-run resumes it."""
+    run = session.exec(select(BulkRun).where(BulkRun.segment == segment, BulkRun.campaign == campaign)).first()
+    if run is None:
+        try:
+            with session.begin_nested():
+                run = BulkRun(segment=segment, campaign=campaign)
+                session.add(run)
+        except IntegrityError:  # a concurrent run created it
+            run = session.exec(select(BulkRun).where(BulkRun.segment == segment, BulkRun.campaign == campaign)).one()
+    return run
+
+
+def find_bulk_run(*, session: Session, segment: str, campaign: str) -> BulkRun | None:
+    return session.exec(select(BulkRun).where(BulkRun.segment == segment, BulkRun.campaign == campaign)).first()
+
+
+def enrollment_counts(*, session: Session, keys: Sequence[str], campaign: str) -> dict[str, int]:
+    """How many times each lead has been enrolled in `campaign` (its journeys, from history)."""
+    rows = session.execute(select(CampaignEnrollment.lead_key, func.count()).where(
+        col(CampaignEnrollment.lead_key).in_(list(keys)), CampaignEnrollment.campaign == campaign)
+        .group_by(CampaignEnrollment.lead_key)).all()
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def bulk_rows(*, session: Session, run_id: int, keys: Sequence[str]) -> dict[str, BulkEnrollment]:
+    return {row.lead_key: row for row in session.exec(select(BulkEnrollment).where(
+        BulkEnrollment.run_id == run_id, col(BulkEnrollment.lead_key).in_(list(keys))))}
+
+
+def set_bulk_rows(*, session: Session, run_id: int, rows: dict[str, tuple[str, str | None, int | None]]) -> None:
+    """Write each lead's (status, reason, enrollments before) in the run; a None count keeps the stored one."""
+    stored = bulk_rows(session=session, run_id=run_id, keys=list(rows))
+    for key, (status, reason, before) in rows.items():
+        row = stored.get(key) or BulkEnrollment(run_id=run_id, lead_key=key)
+        row.status, row.reason, row.updated_at = status, reason, utcnow()
+        if before is not None:
+            row.enrollments_before = before
+        session.add(row)
+    session.flush()
+
+
+def pending_bulk_rows(*, session: Session, run_id: int) -> Sequence[BulkEnrollment]:
+    return session.exec(select(BulkEnrollment).where(BulkEnrollment.run_id == run_id,
+                                                     BulkEnrollment.status == "pending")).all()
+
+
+def finish_bulk_run(*, session: Session, run_id: int) -> None:
+    session.execute(update(BulkRun).where(col(BulkRun.id) == run_id).values(finished_at=utcnow()))
+
+
+def bulk_statuses(*, session: Session, run_id: int) -> dict[str, int]:
+    """How many leads of the run are pending, enrolled, refused."""
+    rows = session.execute(select(BulkEnrollment.status, func.count()).where(BulkEnrollment.run_id == run_id)
+                           .group_by(BulkEnrollment.status)).all()
+    return {row[0]: int(row[1]) for row in rows}

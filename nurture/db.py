@@ -15,11 +15,14 @@ from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
+from nurture.values import SQLITE_FUNCTIONS
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
 # Alembic is imported only where migrations run (`up`, `worker`, `api`, `db upgrade`, a
 # brand-new store): it costs ~0.3 s, more than a read command's whole budget.
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 REVISION_LINE = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
 
@@ -36,6 +39,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # Segments read values in SQL as rules do in Python (PostgreSQL: migration 0009).
+    for name, (arity, function) in SQLITE_FUNCTIONS.items():
+        dbapi_connection.create_function(name, arity, function, deterministic=True)
 
 
 @lru_cache(maxsize=8)

@@ -58,11 +58,12 @@ def lead_filters(*, stage: str | None = None, grade: str | None = None, temperat
     )
 
 
-def list_page(session: Any, filters: LeadFilters) -> dict[str, Any]:
-    """One page: `{"leads": [...], "next_cursor": ...}`, next_cursor null on the last page."""
+def list_page(session: Any, filters: LeadFilters, *, where: Any = None) -> dict[str, Any]:
+    """One page: `{"leads": [...], "next_cursor": ...}`, next_cursor null on the last page.
+    `where`: an SQL condition on the lead table more (a segment: nurture.audiences.condition)."""
     rows = crud.list_leads(session=session, after_id=filters.after_id, limit=filters.limit + 1,
                            stage=filters.stage, grade=filters.grade, temperature=filters.temperature,
-                           status=filters.status, campaign=filters.campaign, q=filters.q)
+                           status=filters.status, campaign=filters.campaign, q=filters.q, where=where)
     page = list(rows[:filters.limit])
     more = len(rows) > filters.limit
     return {"leads": [lead_document(lead) for lead in page],

@@ -129,6 +129,9 @@ class LeadStart(SQLModel, table=True):
 class Event(SQLModel, table=True):
     """Every engagement event as received; `dispatched_at` is set once a workflow has it."""
 
+    # Segments' `did` / `not_did`: EXISTS (this lead, this type, since then) walks this index.
+    __table_args__ = (Index("ix_event_lead_type_at", "lead_key", "type", "at"),)
+
     id: str = Field(primary_key=True, max_length=200)  # idempotency key (sg_event_id, client id, ...)
     lead_key: str | None = Field(default=None, index=True, max_length=64)
     email: str | None = Field(default=None, max_length=254)
@@ -278,3 +281,24 @@ class SignInFailure(SQLModel, table=True):
     account: str = Field(index=True, max_length=254)
     address: str = Field(index=True, max_length=64)
     at: datetime = _ts(nullable=False, index=True)
+class BulkRun(SQLModel, table=True):
+    """`nurture enroll --segment S C`: one run per (segment, campaign), resumed by a re-run."""
+
+    __table_args__ = (UniqueConstraint("segment", "campaign"),)
+    id: int | None = Field(default=None, primary_key=True)
+    segment: str = Field(max_length=100)
+    campaign: str = Field(max_length=100)
+    started_at: datetime = _ts(nullable=False)
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class BulkEnrollment(SQLModel, table=True):
+    """One lead of a bulk run: `pending` before its workflow is asked, then `enrolled` or
+    `refused` (with why). A pending row after a crash is settled from the lead's history."""
+
+    run_id: int = Field(primary_key=True)
+    lead_key: str = Field(primary_key=True, max_length=64)
+    status: str = Field(default="pending", max_length=20)
+    reason: str | None = Field(default=None, max_length=500)
+    enrollments_before: int = 0  # the lead's enrollments in the campaign when this row was written
+    updated_at: datetime = _ts(nullable=False)

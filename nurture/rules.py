@@ -21,7 +21,10 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from nurture.campaign import DAYS, Campaign, format_duration, Condition, EventRule, FitRule, FrequencyCap, Qualify, Scoring, SendWindow
+from nurture.campaign import (
+    DAYS, Campaign, Condition, EventRule, FitRule, FrequencyCap, Qualify, Scoring, SendWindow, format_duration,
+)
+from nurture.values import as_bool, as_number, search
 
 GRADES = ("A", "B", "C", "D", "F")  # best to worst
 STAGES = ("visitor", "lead", "mql", "sql", "opportunity", "customer")  # funnel order
@@ -29,9 +32,6 @@ SIDE_STAGES = ("disqualified", "recycled")
 BANT_KEYS = ("budget", "authority", "need", "timing")
 
 _MISSING = object()
-_NUMBER_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
 
 
 # ---------------------------------------------------------------- where
@@ -116,7 +116,7 @@ def _field_holds(actual: Any, spec: Any) -> bool:
 
 def _operator_holds(actual: Any, op: str, expected: Any) -> bool:
     if op == "exists":
-        return (actual is not _MISSING) == bool(_as_bool(expected))
+        return (actual is not _MISSING) == bool(as_bool(expected))
     if actual is _MISSING:
         return expected is None and op == "eq"  # `{field: null}` means "not set"
     if isinstance(actual, (list, tuple, set, frozenset)):
@@ -135,33 +135,14 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _as_number(value: Any) -> float | None:
-    """int/float as is, numeric strings ("120") converted; bools and the rest: None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str) and _NUMBER_RE.fullmatch(value.strip()):
-        return float(value)
-    return None
-
-
-def _as_bool(value: Any) -> bool | None:
-    """Booleans, and the strings CLI/CSV attributes use for them ("true", "no")."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    return True if text in _TRUE else False if text in _FALSE else None
-
-
 def _equals(actual: Any, expected: Any) -> bool:
     """Equality that survives YAML vs CSV typing: 50 == "50", True == "yes", "FR" == "fr"."""
     if expected is None:
         return False  # a present value never equals null (see _operator_holds)
     if isinstance(expected, bool) or isinstance(actual, bool):
-        left, right = _as_bool(actual), _as_bool(expected)
+        left, right = as_bool(actual), as_bool(expected)
         return left is not None and left == right
-    left, right = _as_number(actual), _as_number(expected)
+    left, right = as_number(actual), as_number(expected)
     if left is not None and right is not None:
         return left == right
     return str(actual).casefold() == str(expected).casefold()
@@ -170,7 +151,7 @@ def _equals(actual: Any, expected: Any) -> bool:
 def _compare(actual: Any, expected: Any) -> int | None:
     """-1/0/1 for two numbers (numeric strings coerced) or two non-numeric strings
     (ISO dates compare right as text); None for a mix, so "large" is never >= 50."""
-    left, right = _as_number(actual), _as_number(expected)
+    left, right = as_number(actual), as_number(expected)
     if left is not None and right is not None:
         return (left > right) - (left < right)
     if left is None and right is None and isinstance(actual, str) and isinstance(expected, str):
@@ -189,14 +170,8 @@ def _text_op(method: str):
 
 
 def _matches(actual: Any, expected: Any) -> bool:
-    """`re.search`; a bad pattern is a non-match, never an error (it runs in a workflow)."""
-    for pattern in _as_list(expected):
-        try:
-            if re.search(str(pattern), str(actual)):
-                return True
-        except (re.error, TypeError, ValueError, RecursionError):
-            continue
-    return False
+    """`re.search` with any of the patterns; a bad pattern is a non-match, never an error."""
+    return any(search(pattern, actual) for pattern in _as_list(expected))
 
 
 def _ordering(test):
@@ -237,7 +212,7 @@ def rule_text(rule: EventRule | FitRule, *, kind: str | None = None, index: int 
     if kind is not None:
         parts.append(kind if index is None else f"{kind}#{index + 1}")
     if rule.where:
-        parts.append(_flow(rule.where))
+        parts.append(flow_yaml(rule.where))
     parts.append(f"{rule.points:+d}")
     max_per_day = getattr(rule, "max_per_day", None)
     if max_per_day is not None:
@@ -249,12 +224,12 @@ _PLAIN_RE = re.compile(r"[^\s{}\[\],:#'\"&*!|>%@`?-][^{}\[\],:#'\"]*")
 _LOOKS_TYPED = re.compile(r"(?i)true|false|null|yes|no|on|off|~|[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
-def _flow(value: Any) -> str:
+def flow_yaml(value: Any) -> str:
     """YAML flow style, e.g. {url: {contains: /pricing}}, quoting strings only when needed."""
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{_flow(k)}: {_flow(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{flow_yaml(k)}: {flow_yaml(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_flow(v) for v in value) + "]"
+        return "[" + ", ".join(flow_yaml(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:

@@ -249,6 +249,12 @@ class Nurture:
         from nurture import control
 
         return await control.change(self, name, action, by=by)
+    async def enroll_key(self, key: str, campaign: str) -> LeadResult:
+        """`enroll` by the lead's key (bulk enrollment reads keys from the store and has
+        checked the campaign once for the whole run)."""
+        from workflows.lead import EnrollRequest, LeadWorkflow
+
+        return await self._update(key, LeadWorkflow.enroll, EnrollRequest(campaign=campaign))
 
     async def record_event(self, email: str, type_: str, *, at: datetime | None = None,
                            event_id: str | None = None, **fields: Any) -> LeadResult:

@@ -271,7 +271,7 @@ def test_every_email_the_sample_campaigns_send_exists_and_checks_clean() -> None
     assert {name: check_template(TEMPLATES, name) for name in sorted(names)} == {name: [] for name in sorted(names)}
 
 
-def test_marketing_emails_carry_unsubscribe_and_preferences_links_and_sales_handoff_does_not() -> None:
+def test_marketing_emails_carry_unsubscribe_and_preferences_links_and_internal_mail_does_not() -> None:
     context = sample_context()
     for name in sample_names():
         for locale in ("en", "fr"):
@@ -280,7 +280,7 @@ def test_marketing_emails_carry_unsubscribe_and_preferences_links_and_sales_hand
                 context["unsubscribe_url"] in part and context["preferences_url"] in part
                 for part in (rendered.html, rendered.text)
             ]
-            assert has_links == ([False, False] if name == "sales_handoff" else [True, True]), (name, locale)
+            assert has_links == ([False, False] if name in ("sales_handoff", "mql_alert") else [True, True]), (name, locale)
 
 
 def test_sales_handoff_shows_the_handoff_facts() -> None:
