@@ -32,6 +32,7 @@ class LoadFunnelInput:
 @dataclass
 class LoadStartInput:
     trigger: str = "created"  # the campaigns that may enroll on it come back too
+    key: str | None = None  # the lead: campaigns whose `enroll.segment` it is not in are left out
 
 
 @dataclass
@@ -47,6 +48,7 @@ class StartConfig:
 @dataclass
 class LoadCampaignInput:
     name: str
+    key: str | None = None  # the lead entering: refused when not in the campaign's `enroll.segment`
 
 
 @dataclass
@@ -56,6 +58,7 @@ class PickCampaignInput:
     stage: str
     finished: list[str] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)  # trigger event: the new events, in order
+    key: str | None = None  # the lead, for campaigns restricted to a segment
     entered: dict[str, datetime] = field(default_factory=dict)  # campaign -> last enrollment start
     now: datetime | None = None  # the workflow's time, for `reenroll: {every: ...}`
 
@@ -140,25 +143,48 @@ class StoreActivities:
         if control is not None and control.state != "active":
             raise ApplicationError(control_refusal(inp.name, control.state), type="CampaignHalted",
                                    non_retryable=True, category=ApplicationErrorCategory.BENIGN)
+        outside = self._outside_segment(campaign, inp.key) if inp.key else None
+        if outside:
+            raise ApplicationError(outside, type="NotInSegment", non_retryable=True,
+                                   category=ApplicationErrorCategory.BENIGN)
         return campaign
 
     @activity.defn
     def load_start(self, inp: LoadStartInput) -> StartConfig:
+        campaigns = [c for c in self._taking_leads() if c.enroll.triggers_on(inp.trigger)]
         return StartConfig(self.load_funnel(LoadFunnelInput()),
-                           [c for c in self._taking_leads() if c.enroll.triggers_on(inp.trigger)],
+                           [c for c in campaigns if not (c.enroll.segment and self._outside_segment(c, inp.key))],
                            unusable=self.config.unusable_campaign_files())
 
     @activity.defn
     def pick_campaign(self, inp: PickCampaignInput) -> PickCampaignResult:
         """The campaign a lead enters automatically: highest priority, then name (for
         events: for the first event that takes it into one)."""
-        campaigns, unusable = self._taking_leads(), self.config.unusable_campaign_files()
+        unusable = self.config.unusable_campaign_files()
+        campaigns = [c for c in self._taking_leads() if not (c.enroll.segment and self._outside_segment(c, inp.key))]
         for event in inp.events if inp.trigger == "event" else [None]:
             picked = rules.pick_campaign(campaigns, inp.trigger, inp.profile, inp.stage, inp.finished, event=event,
                                          entered=inp.entered, now=inp.now)
             if picked is not None:
                 return PickCampaignResult(picked, unusable=unusable, event=event)
         return PickCampaignResult(None, unusable=unusable)
+
+    def _outside_segment(self, campaign: Campaign, key: str | None) -> str | None:
+        """Why the lead may not enter a campaign restricted to a segment (one query on the
+        store), or None; a segment that cannot be read admits nobody."""
+        name = campaign.enroll.segment
+        if not name:
+            return None
+        from nurture import audiences  # the segments' SQL: only for campaigns that name one
+
+        try:
+            segment = audiences.find(self.settings, name)
+        except audiences.AudienceError as error:
+            return f"enroll.segment {name}: {error}"
+        with session_scope(self.settings.db_url) as session:
+            inside = key is not None and crud.lead_matches(session=session, key=key,
+                                                           where=audiences.condition(session, segment))
+        return None if inside else f"lead is not in segment '{name}' (enroll.segment of {campaign.name})"
 
     def _taking_leads(self) -> list[Campaign]:
         """The campaigns automatic enrollment may pick: not paused or stopped by a marketer."""

@@ -389,6 +389,9 @@ class Enroll(_Strict):
     # never: once per lead; after_exit: again once it has left; always: on every trigger,
     # even while in it (the journey in it starts over); {every: 30d}: see ReenrollEvery.
     reenroll: Reenroll = "never"
+    # Only leads in this segment of campaigns/segments.yaml enter (checked in the store at
+    # each entry: automatic, explicit, event-triggered, bulk).
+    segment: OneLine | None = None
 
     def triggers_on(self, trigger: str) -> bool:
         """It takes leads on `trigger` (`created`, `recycled`)."""
@@ -1708,7 +1711,31 @@ def validate_paths(paths: Sequence[Path], templates_dir: Path | None, funnel_fil
                 problems += _campaign_template_problems(checked.source, path, Path(templates_dir), funnel_file)
     names = [item.name for item in campaigns if item.name is not None]
     problems += [problem for item in segments for problem in campaign_name_warnings(item, names)]
+    problems += _segment_name_problems(campaigns, segments)
     return _distinct(problems + _duplicate_name_problems(campaigns))
+
+
+def _segment_name_problems(campaigns: list[_Checked], segments: list[_Checked]) -> list[Problem]:
+    """`enroll.segment` must name a segment of the segments.yaml checked with the campaigns
+    (or of the campaign's own folder): a typo would let no lead in."""
+    from nurture.segments import segments_file
+
+    problems = []
+    for item in campaigns:
+        name = item.source.get("enroll", "segment") if item.source is not None else None
+        if not isinstance(name, str):
+            continue
+        files = [s for s in segments if Path(s.file).parent == Path(item.file).parent]
+        if not files and segments_file(Path(item.file).parent) is not None:
+            from nurture.segments import check_segments
+
+            files = [check_segments(segments_file(Path(item.file).parent))]  # type: ignore[arg-type]
+        known = sorted(files[0].source.get("segments") or {}) if files and files[0].source is not None else []
+        if name not in known:
+            where = f"segments in {files[0].file}" if files else "segments (there is no segments.yaml beside it)"
+            problems.append(item.source.problem(("enroll", "segment"), _unknown("segment", name, known) if known
+                                                else f"unknown segment '{name}': no {where}"))
+    return problems
 
 
 def _distinct(problems: list[Problem]) -> list[Problem]:

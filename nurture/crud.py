@@ -700,6 +700,11 @@ def count_leads(*, session: Session, where: Any) -> int:
     return int(session.execute(select(func.count()).select_from(Lead).where(where)).scalar_one())
 
 
+def lead_matches(*, session: Session, key: str, where: Any) -> bool:
+    """The lead `key` meets `where` (a segment's condition): one indexed lookup."""
+    return session.execute(select(Lead.id).where(col(Lead.key) == key, where).limit(1)).first() is not None
+
+
 def count_by(*, session: Session, where: Any, label: Any) -> dict[str | None, int]:
     """How many leads matching `where` have each value of `label` (an SQL expression)."""
     rows = session.execute(select(label.label("label"), func.count()).select_from(Lead).where(where)

@@ -468,7 +468,8 @@ class LeadWorkflow:
         is now; a campaign paused, stopped or broken since keeps the journey as it is."""
         try:
             fresh = await workflow.execute_local_activity_method(
-                StoreActivities.load_campaign, LoadCampaignInput(current.campaign.name), start_to_close_timeout=LOCAL)
+                StoreActivities.load_campaign, LoadCampaignInput(current.campaign.name, key=self.s.key),
+                start_to_close_timeout=LOCAL)
         except ActivityError as error:
             journey.note(self.s, workflow.now(), "note", f"{event.type} did not restart {current.campaign.name}: "
                                                          f"{_cause(error)}")
@@ -651,7 +652,7 @@ class LeadWorkflow:
         """Enroll in the named campaign; returns why not, or None. Caller holds the lock."""
         try:
             campaign = await workflow.execute_local_activity_method(
-                StoreActivities.load_campaign, LoadCampaignInput(name), start_to_close_timeout=LOCAL)
+                StoreActivities.load_campaign, LoadCampaignInput(name, key=self.s.key), start_to_close_timeout=LOCAL)
         except ActivityError as error:
             return _cause(error)
         return self._enroll(campaign, switch=switch, trigger="request")
@@ -683,7 +684,8 @@ class LeadWorkflow:
         return await workflow.execute_local_activity_method(
             StoreActivities.pick_campaign,
             PickCampaignInput(trigger, self.s.profile.record(), self.s.stage, list(self.s.finished_campaigns),
-                              events=events or [], entered=dict(self.s.entered_at), now=workflow.now()),
+                              events=events or [], key=self.s.key, entered=dict(self.s.entered_at),
+                              now=workflow.now()),
             start_to_close_timeout=LOCAL)
 
     async def _retry_auto_enroll(self) -> None:
@@ -916,7 +918,7 @@ class LeadWorkflow:
     async def _load_start(self) -> Funnel:
         try:
             config = await workflow.execute_local_activity_method(
-                StoreActivities.load_start, LoadStartInput("created"), start_to_close_timeout=LOCAL)
+                StoreActivities.load_start, LoadStartInput("created", key=self.s.key), start_to_close_timeout=LOCAL)
         except (ActivityError, ApplicationError):
             if not workflow.patched(FILES_NEVER_END_JOURNEYS):
                 raise
