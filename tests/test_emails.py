@@ -253,9 +253,9 @@ def test_samples_have_english_and_french_pairs() -> None:
 
 def test_every_email_the_sample_campaigns_send_exists_and_checks_clean() -> None:
     funnel = yaml.safe_load((CAMPAIGNS / "funnel.yaml").read_text())
-    names = {funnel["handoff"]["notify"]["template"]}
+    names = {funnel["handoff"]["notify"]["template"], "mql_alert"}  # the MQL alert: the funnel's comment shows it
     for path in CAMPAIGNS.glob("*.yaml"):
-        if path.name == "funnel.yaml":
+        if path.name in ("funnel.yaml", "segments.yaml"):  # the funnel model and the audiences: no steps
             continue
         for step in yaml.safe_load(path.read_text())["steps"]:
             if "send" in step:
