@@ -4,6 +4,7 @@ task queue and worker per test, and a local fake SendGrid on loopback."""
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,20 @@ async def temporal_env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
         yield env
     finally:
         await env.stop()
+
+
+def edited_campaigns(tmp_path: Path, file: str, replace: dict[str, str]) -> Path:
+    """A copy of the sample campaigns folder where `file` has some text replaced (each
+    piece must be there, so a sample change cannot turn an edit into a no-op)."""
+    campaigns = tmp_path / "campaigns"
+    shutil.copytree(ROOT / "campaigns", campaigns)
+    path = campaigns / file
+    text = path.read_text(encoding="utf-8")
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")
+    return campaigns
 
 
 def make_settings(home: Path, **overrides: Any) -> Settings:

@@ -4,26 +4,19 @@ conversion."""
 
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
 
 from nurture import stats
 from nurture.campaign import find_campaign, validate_paths
-from tests.conftest import ROOT, _stack, make_settings
+from tests.conftest import ROOT, _stack, edited_campaigns, make_settings
 from tests.test_webhooks import sent_steps
 
 GOALS = "goal: [{event: meeting_booked}, {stage: [opportunity]}]\n"
 
 
 def campaigns_with_goal(tmp_path, goal: str = GOALS):
-    campaigns = tmp_path / "campaigns"
-    shutil.copytree(ROOT / "campaigns", campaigns)
-    path = campaigns / "b2b-trial.yaml"
-    text = path.read_text(encoding="utf-8")
     anchor = "exit_when: [{stage: [sql, opportunity, customer]}]\n"
-    assert anchor in text
-    path.write_text(text.replace(anchor, anchor + goal), encoding="utf-8")
-    return campaigns
+    return edited_campaigns(tmp_path, "b2b-trial.yaml", {anchor: anchor + goal})
 
 
 async def test_a_lead_that_meets_a_goal_leaves_and_counts_as_a_conversion(temporal_env, tmp_path):

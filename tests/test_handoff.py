@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -22,7 +21,7 @@ import pytest
 from nurture import crud, journey, security
 from nurture.models import Handoff
 from nurture.service import UserError
-from tests.conftest import ROOT, Stack, _stack, make_settings
+from tests.conftest import ROOT, Stack, _stack, edited_campaigns, make_settings
 
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
@@ -63,15 +62,7 @@ def owner_mail(stack: Stack, email: str) -> list[tuple[str, str]]:
 
 def campaigns_with_funnel(tmp_path: Path, replace: dict[str, str]) -> Path:
     """A copy of the sample campaigns whose funnel.yaml has some lines replaced."""
-    campaigns = tmp_path / "campaigns"
-    shutil.copytree(ROOT / "campaigns", campaigns)
-    funnel = campaigns / "funnel.yaml"
-    text = funnel.read_text()
-    for old, new in replace.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    funnel.write_text(text)
-    return campaigns
+    return edited_campaigns(tmp_path, "funnel.yaml", replace)
 
 
 # ---------------------------------------------------------------- SLA

@@ -4,7 +4,6 @@ worker's Temporal SDK metrics (with nurture's email send latency) on its own por
 from __future__ import annotations
 
 import os
-import shutil
 import re
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from datetime import timedelta
 from nurture import crud
 from nurture.models import Event, utcnow
 from nurture.timeskip import free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, edited_campaigns
 from tests.test_webhooks import serve
 
 
@@ -51,14 +50,9 @@ async def test_metrics_count_what_the_store_holds(stack):
 
 def campaigns_sending_any_time(tmp_path):
     """The sample campaigns with b2b-trial's send window opened to every hour of every day."""
-    campaigns = tmp_path / "campaigns"
-    shutil.copytree(ROOT / "campaigns", campaigns)
-    path = campaigns / "b2b-trial.yaml"
-    text = path.read_text(encoding="utf-8")
     window = '  days: [mon, tue, wed, thu, fri]\n  hours: "09:00-17:30"\n'
-    assert window in text
-    path.write_text(text.replace(window, '  days: [mon, tue, wed, thu, fri, sat, sun]\n  hours: "00:00-24:00"\n'))
-    return campaigns
+    return edited_campaigns(tmp_path, "b2b-trial.yaml",
+                            {window: '  days: [mon, tue, wed, thu, fri, sat, sun]\n  hours: "00:00-24:00"\n'})
 
 
 def scrape(port: int) -> str:
